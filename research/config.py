@@ -1,0 +1,293 @@
+"""Typed, validated run configuration: YAML in, one clear error out, early.
+
+Everything is checked before anything runs or is written: unknown keys, value
+ranges, model and dataset names, the files a dataset needs. A problem raises
+:class:`ConfigError` whose message is one line naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .data import DATASETS, check_data_available
+from .models import validate_model_args
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a one-line message naming the field."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """An architecture by registry name, with its size arguments."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelSpec":
+        validate_model_args(self.name, self.args)
+        return self
+
+
+class DataConfig(Strict):
+    dataset: str = "mnist1d"
+    root: str = "data"  # torchvision datasets live under root (e.g. ../shared/data)
+    cache_dir: str = ".cache"  # generated MNIST-1D and teacher logits
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0
+    transfer_size: int = Field(0, ge=0)  # extra unlabeled samples (MNIST-1D only), soft-labelled by the teacher
+    transfer_seed: int = 1
+    augment: bool = False
+    download: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataConfig":
+        if self.transfer_size and self.dataset != "mnist1d":
+            raise ValueError("transfer_size is only available for mnist1d (it generates fresh samples)")
+        if self.augment and self.dataset == "mnist1d":
+            raise ValueError("augment is not defined for mnist1d")
+        if self.transfer_seed == 42 and self.transfer_size:
+            raise ValueError("transfer_seed 42 is the seed of MNIST-1D's own samples; pick another")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(100, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(10, ge=1)  # step schedule: epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
+
+
+class TeacherConfig(Strict):
+    """A teacher trained here from ``model`` + ``train``, or taken from MLflow (``model_uri``)."""
+
+    model: ModelSpec | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+    model_uri: str | None = None  # e.g. runs:/<run_id>/model or models:/name/1
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if (self.model is None) == (self.model_uri is None):
+            raise ValueError("give exactly one of model (train it here) or model_uri (an MLflow model)")
+        return self
+
+
+class DistillConfig(Strict):
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.1, ge=0, le=1)  # weight of the hard-label term
+    teacher_weights: list[float] | None = None
+    combine: Literal["probs", "logits"] = "probs"
+    cache_teacher_logits: bool = True
+
+    @field_validator("teacher_weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if any(w < 0 for w in v):
+            raise ValueError(f"teacher weights must be non-negative, got {v}")
+        if sum(v) <= 0:
+            raise ValueError(f"teacher weights must not all be zero, got {v}")
+        return v
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(1024, ge=1)
+    latency_repeats: int = Field(30, ge=1)
+    latency_threads: int = Field(1, ge=1)  # fixed so latency figures compare across runs
+    ece_bins: int = Field(15, ge=2)
+
+
+class TrackingConfig(Strict):
+    experiment: str = "default"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
+    log_model: bool = True
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    teachers: list[TeacherConfig] = Field(default_factory=list)
+    student: ModelSpec | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)  # the student's training
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    baseline: bool = True  # also train the student alone on the labels, for comparison
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        w = self.distill.teacher_weights
+        if w is not None and len(w) != len(self.teachers):
+            raise ValueError(f"distill.teacher_weights has {len(w)} values for {len(self.teachers)} teachers")
+        return self
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts and lists to dotted keys, e.g. ``teachers.0.model.name``."""
+    out: dict[str, Any] = {}
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else None
+    if items is None:
+        return {prefix: d}
+    if not d and prefix:
+        return {prefix: d}
+    for k, v in items:
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key))
+    return out
+
+
+def config_hash(obj: BaseModel | dict) -> str:
+    data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_key(teacher: TeacherConfig, data: DataConfig) -> str:
+    """What makes a trained teacher reusable: its model, training, seed and the data it saw."""
+    data_part = data.model_dump(exclude={"cache_dir", "transfer_size", "transfer_seed", "download", "root"})
+    return config_hash({"teacher": teacher.model_dump(mode="json"), "data": data_part})
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (value parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. distill.temperature=8")
+        key, _, text = item.partition("=")
+        value = yaml.safe_load(text) if text.strip() else None
+        parts = key.strip().split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            nxt = parts[i + 1]
+            if isinstance(node, list):
+                idx = _index(part, node, key)
+                node = node[idx]
+                continue
+            if part not in node or node[part] is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(last, node, key, allow_append=True)
+            if idx == len(node):
+                node.append(value)
+            else:
+                node[idx] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _index(part: str, node: list, key: str, allow_append: bool = False) -> int:
+    if not part.isdigit() or int(part) > len(node) - (0 if allow_append else 1):
+        raise ConfigError(f"--set {key}: {part!r} is not a valid index into a list of {len(node)}")
+    return int(part)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def parse(model: type[BaseModel], raw: dict[str, Any], source: str = "config"):
+    """Validate ``raw`` into ``model``, turning pydantic's report into one line."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e, model)}") from None
+
+
+def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{loc}: unknown key{hint}"
+    msg = err["msg"]
+    msg = msg.removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    more = f" [and {len(e.errors()) - 1} more problem(s)]" if len(e.errors()) > 1 else ""
+    return f"{loc}: {msg}{shown}{more}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc``, for 'unknown key' hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> RunConfig:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    cfg = parse(RunConfig, raw, source=str(path))
+    if check_files:
+        check_run_files(cfg)
+    return cfg
+
+
+def check_run_files(cfg: RunConfig) -> None:
+    """The data a run needs must be there (or downloadable) before anything starts."""
+    try:
+        check_data_available(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download)
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.root: {e}") from None

@@ -1,0 +1,138 @@
+"""Every metric, in one place: quality (accuracy, NLL, calibration, agreement
+with the teacher) and deployment (parameters, bytes on disk, CPU latency, FLOPs).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import tempfile
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device: torch.device | str | None = None) -> torch.Tensor:
+    """Logits for all rows of ``x`` in eval mode, on the CPU (the model's mode is restored)."""
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """ECE with equal-width confidence bins (Guo et al. 2017): sum_b |B|/N * |acc_b - conf_b|."""
+    conf, pred = probs.max(1)
+    correct = pred.eq(labels).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = torch.zeros(())
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (conf > lo) & (conf <= hi)
+        if in_bin.any():
+            ece += in_bin.float().mean() * (correct[in_bin].mean() - conf[in_bin].mean()).abs()
+    return float(ece)
+
+
+def classification_metrics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    teacher_logits: torch.Tensor | None = None,
+    ece_bins: int = 15,
+) -> dict[str, float]:
+    """accuracy, errors, nll, ece; with teacher logits also agreement and kl_to_teacher (at T=1)."""
+    logits, labels = logits.float().cpu(), labels.cpu()
+    pred = logits.argmax(1)
+    out = {
+        "accuracy": float(pred.eq(labels).float().mean()),
+        "errors": float(pred.ne(labels).sum()),
+        "nll": float(F.cross_entropy(logits, labels)),
+        "ece": expected_calibration_error(logits.softmax(1), labels, ece_bins),
+    }
+    if teacher_logits is not None:
+        t = teacher_logits.float().cpu()
+        out["agreement"] = float(pred.eq(t.argmax(1)).float().mean())
+        out["kl_to_teacher"] = float(F.kl_div(logits.log_softmax(1), t.log_softmax(1), reduction="batchmean", log_target=True))
+    return out
+
+
+def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
+    if nonzero:
+        return int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def saved_model_bytes(model: nn.Module) -> int:
+    """Bytes of the whole model as ``torch.save`` really writes it."""
+    fd, path = tempfile.mkstemp(suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(model, path)
+        return os.path.getsize(path)
+    finally:
+        os.remove(path)
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
+@torch.inference_mode()
+def measure_latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30, threads: int = 1, warmup: int = 3) -> float:
+    """Median CPU latency in milliseconds of one forward pass, with ``threads`` torch threads."""
+    model = _cpu_copy(model)
+    was_training = model.training
+    model.eval()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch_size, *input_shape)
+        for _ in range(warmup):
+            model(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(old_threads)
+        model.train(was_training)
+    return statistics.median(times)
+
+
+def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """FLOPs of one sample's forward pass by torch's own counter (a multiply-add counts 2)."""
+    model = _cpu_copy(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def deployment_metrics(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1) -> dict[str, float]:
+    return {
+        "params": float(count_parameters(model)),
+        "params_nonzero": float(count_parameters(model, nonzero=True)),
+        "size_bytes": float(saved_model_bytes(model)),
+        "flops": float(count_flops(model, input_shape)),
+        "latency_b1_ms": measure_latency_ms(model, input_shape, batch_size=1, repeats=repeats, threads=threads),
+        "latency_b256_ms": measure_latency_ms(model, input_shape, batch_size=256, repeats=max(3, repeats // 3), threads=threads),
+        "latency_threads": float(threads),
+    }

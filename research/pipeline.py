@@ -1,0 +1,313 @@
+"""What one run does: data -> teachers -> student (alone and distilled) ->
+evaluation -> tracking. The CLI and the study code both call these functions.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+from .config import RunConfig, TeacherConfig, TrainConfig, config_hash, flatten, teacher_key
+from .data import DataBundle, Split, load_data
+from .distill import Distiller, SupervisedTask, TeacherLogitCache, teacher_log_probs
+from .evaluate import classification_metrics, deployment_metrics, predict
+from .models import build_model
+from .tracking import RunHandle, Tracker
+from .train import EpochCallback, History, fit, seed_everything
+
+
+@dataclass
+class Teacher:
+    model: nn.Module
+    run_id: str | None
+    key: str | None = None
+    reused: bool = False
+
+
+@dataclass
+class RunResult:
+    role: str  # teacher | student | distill
+    seed: int
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def load_run_data(cfg: RunConfig, *, progress: bool = True) -> DataBundle:
+    d = cfg.data
+    return load_data(
+        d.dataset,
+        root=d.root,
+        cache_dir=d.cache_dir,
+        val_fraction=d.val_fraction,
+        split_seed=d.split_seed,
+        transfer_size=d.transfer_size,
+        transfer_seed=d.transfer_seed,
+        augment=d.augment,
+        download=d.download,
+        show_progress=progress,
+    )
+
+
+def concat_splits(*splits: Split | None) -> Split:
+    parts = [s for s in splits if s is not None and len(s)]
+    return Split(torch.cat([s.x for s in parts]), torch.cat([s.y for s in parts]))
+
+
+def evaluate_run(
+    model: nn.Module,
+    data: DataBundle,
+    cfg: RunConfig,
+    *,
+    teachers: Sequence[nn.Module] = (),
+    teacher_weights: Sequence[float] | None = None,
+    combine: str = "probs",
+    with_deployment: bool = True,
+) -> dict[str, float]:
+    """Validation and test metrics (with agreement to the teachers' combined
+    prediction when there are teachers), then size, latency and FLOPs."""
+    out: dict[str, float] = {}
+    for name, split in (("val", data.val), ("test", data.test)):
+        logits = predict(model, split.x, batch_size=cfg.eval.batch_size)
+        t_logits = None
+        if teachers:
+            t_each = [predict(t, split.x, batch_size=cfg.eval.batch_size) for t in teachers]
+            t_logits = teacher_log_probs(t_each, 1.0, teacher_weights, combine)  # log-probs are valid logits
+        m = classification_metrics(logits, split.y, teacher_logits=t_logits, ece_bins=cfg.eval.ece_bins)
+        out.update({f"{name}_{k}": v for k, v in m.items()})
+    if with_deployment:
+        out.update(deployment_metrics(model, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads))
+    return out
+
+
+def _epoch_logger(handle: RunHandle | None) -> list[EpochCallback]:
+    if handle is None:
+        return []
+    return [lambda epoch, metrics: handle.log_metrics(metrics, step=epoch)]
+
+
+def train_teacher(
+    tc: TeacherConfig,
+    data: DataBundle,
+    cfg: RunConfig,
+    tracker: Tracker,
+    *,
+    index: int = 0,
+    config_path: str | Path | None = None,
+    parent_run_id: str | None = None,
+    progress: bool = True,
+) -> tuple[Teacher, RunResult]:
+    """Train one teacher on the labelled training split, logged as its own run."""
+    assert tc.model is not None
+    key = teacher_key(tc, cfg.data)
+    seed_everything(tc.seed, tc.train.deterministic)  # the initial weights follow the seed too
+    model = build_model(tc.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **tc.model.args)
+    tags = {"method": "teacher", "role": "teacher", "dataset": cfg.data.dataset, "teacher_key": key, "model": tc.model.name, "seed": tc.seed}
+    with tracker.run(cfg.tracking.experiment, f"teacher-{index}-{tc.model.name}", tags=tags, parent_run_id=parent_run_id) as run:
+        run.log_params({"seed": tc.seed, **flatten(tc.model_dump(mode="json"), "teacher"), **flatten(cfg.data.model_dump(mode="json"), "data")})
+        _log_config(run, cfg, config_path)
+        history = fit(
+            SupervisedTask(model), data.train, tc.train, seed=tc.seed, val=data.val, augment=data.augment,
+            callbacks=_epoch_logger(run), progress=progress, desc=f"teacher {index} ({tc.model.name})",
+        )
+        metrics = {**evaluate_run(model, data, cfg), "train_time_s": history.wall_time_s}
+        run.log_metrics(metrics)
+        if cfg.tracking.log_model:
+            run.log_model(model, input_example=data.test.x[:2])
+    return Teacher(model, run.run_id, key), RunResult("teacher", tc.seed, run.run_id, metrics)
+
+
+def obtain_teachers(
+    cfg: RunConfig,
+    data: DataBundle,
+    tracker: Tracker,
+    *,
+    config_path: str | Path | None = None,
+    parent_run_id: str | None = None,
+    progress: bool = True,
+    on_trained: Callable[[RunResult], None] | None = None,
+) -> list[Teacher]:
+    """Each teacher once: from its model_uri, reused from a finished run with the
+    same teacher key in this experiment, or trained now (and logged)."""
+    teachers: list[Teacher] = []
+    for i, tc in enumerate(cfg.teachers):
+        if tc.model_uri is not None:
+            model = tracker.load_model(tc.model_uri)
+            run_id = tc.model_uri.split("/")[1] if tc.model_uri.startswith("runs:/") else None
+            teachers.append(Teacher(model, run_id, reused=True))
+            continue
+        key = teacher_key(tc, cfg.data)
+        found = tracker.find_runs(cfg.tracking.experiment, tags={"teacher_key": key, "method": "teacher"})
+        if found and cfg.tracking.log_model:
+            run_id = found[0].info.run_id
+            teachers.append(Teacher(tracker.load_model(f"runs:/{run_id}/model"), run_id, key, reused=True))
+            continue
+        teacher, result = train_teacher(tc, data, cfg, tracker, index=i, config_path=config_path, parent_run_id=parent_run_id, progress=progress)
+        if on_trained is not None:
+            on_trained(result)
+        teachers.append(teacher)
+    for t in teachers:
+        t.model.eval()
+    return teachers
+
+
+def distillation_task(
+    student: nn.Module,
+    teachers: Sequence[Teacher],
+    train_split: Split,
+    data: DataBundle,
+    cfg: RunConfig,
+    *,
+    temperature: float | None = None,
+    alpha: float | None = None,
+    teacher_weights: Sequence[float] | None = None,
+    cache: TeacherLogitCache | None = None,
+) -> Distiller:
+    """A Distiller with cached teacher logits when the inputs are not augmented."""
+    d = cfg.distill
+    cached = None
+    if d.cache_teacher_logits and data.augment is None:
+        cache = cache or TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
+        fp = train_split.fingerprint()
+        cached = [cache.logits(t.model, train_split.x, fp, batch_size=cfg.eval.batch_size) for t in teachers]
+    return Distiller(
+        student,
+        [t.model for t in teachers],
+        temperature=d.temperature if temperature is None else temperature,
+        alpha=d.alpha if alpha is None else alpha,
+        teacher_weights=d.teacher_weights if teacher_weights is None else teacher_weights,
+        combine=d.combine,
+        cached_logits=cached,
+    )
+
+
+def train_student(
+    cfg: RunConfig,
+    data: DataBundle,
+    tracker: Tracker | None,
+    *,
+    seed: int,
+    teachers: Sequence[Teacher] = (),
+    role: str = "student",
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    callbacks: Iterable[EpochCallback] = (),
+    killed_on: Sequence[type[BaseException]] = (),
+    full_train: bool = False,
+    log_model: bool | None = None,
+    config_path: str | Path | None = None,
+    progress: bool = True,
+    cache: TeacherLogitCache | None = None,
+) -> RunResult:
+    """Train the student alone (no teachers) or distilled from ``teachers``; one MLflow run.
+
+    ``full_train`` trains on train + val (a final run after the search) and
+    reports the test split only for what the run was selected on.
+    """
+    assert cfg.student is not None
+    base = data.full_train() if full_train else data.train
+    distilled = bool(teachers)
+    train_split = concat_splits(base, data.transfer) if distilled else base
+    seed_everything(seed, cfg.train.deterministic)  # the initial weights follow the seed too
+    student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
+    task = distillation_task(student, teachers, train_split, data, cfg, cache=cache) if distilled else SupervisedTask(student)
+    teacher_ids = ",".join(t.run_id for t in teachers if t.run_id)
+    tags = {
+        "method": "distill" if distilled else "student",
+        "role": role,
+        "dataset": cfg.data.dataset,
+        "model": cfg.student.name,
+        "seed": seed,
+        "teacher_run_id": teacher_ids or None,
+        "config_hash": config_hash(cfg),
+        **(extra_tags or {}),
+    }
+    params = {"seed": seed, "full_train": full_train, **flatten(cfg.model_dump(mode="json")), **(extra_params or {})}
+    if not distilled:
+        params = {k: v for k, v in params.items() if not k.startswith(("distill.", "teachers."))}
+    name = run_name or f"{role}-seed{seed}"
+    ctx = tracker.run(cfg.tracking.experiment, name, tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) if tracker else _null_run()
+    with ctx as run:
+        if run is not None:
+            run.log_params(params)
+            _log_config(run, cfg, config_path)
+        history: History = fit(
+            task, train_split, cfg.train, seed=seed, val=None if full_train else data.val, augment=data.augment,
+            callbacks=[*_epoch_logger(run), *callbacks], progress=progress, desc=name,
+        )
+        metrics = evaluate_run(
+            student, data, cfg, teachers=[t.model for t in teachers],
+            teacher_weights=cfg.distill.teacher_weights, combine=cfg.distill.combine,
+        )
+        metrics["train_time_s"] = history.wall_time_s
+        metrics["train_samples"] = float(len(train_split))
+        if run is not None:
+            run.log_metrics(metrics)
+            if cfg.tracking.log_model if log_model is None else log_model:
+                run.log_model(student, input_example=data.test.x[:2])
+    return RunResult(role, seed, run.run_id if run is not None else None, metrics)
+
+
+def run_distillation(
+    cfg: RunConfig,
+    tracker: Tracker,
+    *,
+    seeds: Sequence[int],
+    config_path: str | Path | None = None,
+    progress: bool = True,
+) -> list[RunResult]:
+    """The single-run job: teachers, the student alone (if ``cfg.baseline``), the distilled student."""
+    data = load_run_data(cfg, progress=progress)
+    results: list[RunResult] = []
+    teachers = obtain_teachers(cfg, data, tracker, config_path=config_path, progress=progress, on_trained=results.append)
+    for t in teachers:
+        if t.reused and t.run_id and not any(r.run_id == t.run_id for r in results):
+            results.append(RunResult("teacher", -1, t.run_id, _finished_metrics(tracker, t.run_id)))
+    cache = TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
+    for seed in seeds:
+        if cfg.baseline:
+            results.append(train_student(cfg, data, tracker, seed=seed, config_path=config_path, progress=progress))
+        results.append(
+            train_student(cfg, data, tracker, seed=seed, teachers=teachers, role="distill", config_path=config_path, progress=progress, cache=cache)
+        )
+    return results
+
+
+def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("test_accuracy", "test_errors", "params", "train_time_s")) -> list[dict[str, Any]]:
+    """One row per role: mean and sample standard deviation over seeds."""
+    rows = []
+    for role in dict.fromkeys(r.role for r in results):
+        group = [r for r in results if r.role == role]
+        row: dict[str, Any] = {"role": role, "runs": len(group)}
+        for m in metrics:
+            vals = [r.metrics[m] for r in group if m in r.metrics]
+            if vals:
+                row[m] = statistics.fmean(vals)
+                row[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def _finished_metrics(tracker: Tracker, run_id: str) -> dict[str, float]:
+    return dict(tracker.get_run(run_id).data.metrics)
+
+
+def _log_config(run: RunHandle, cfg: RunConfig, config_path: str | Path | None) -> None:
+    if config_path is not None and Path(config_path).is_file():
+        run.log_artifact(config_path, "config")
+    run.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
+
+
+class _null_run:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,243 @@
+"""All MLflow calls of the workbench, in one place.
+
+Runs are created and ended through ``MlflowClient`` with explicit run ids,
+never through MLflow's per-thread active-run stack, so several workers (or
+threads) can log child runs of one parent safely. By default everything
+lives under ``./mlruns``: a SQLite database and the artifacts beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import mlflow
+import mlflow.pytorch
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DIR = Path("mlruns")
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_LEN = 6000
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite store under ./mlruns."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def _local_artifact_root(uri: str) -> Path | None:
+    """Artifacts of a local SQLite store sit beside the database, in artifacts/."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts"
+    return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class RunKilled(Exception):
+    """Raised inside a run to end it as KILLED (e.g. an early-stopped trial)."""
+
+
+@dataclass
+class RunHandle:
+    """One MLflow run, logged by id (thread-safe, no active-run stack)."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000], synchronous=True)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        if items:
+            self.client.log_batch(self.run_id, tags=items, synchronous=True)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
+
+    def log_model(self, model: Any, artifact_path: str = "model", *, input_example: Any = None) -> None:
+        """The whole module as an MLflow PyTorch model (pickle format: pruned or quantized
+        modules reload as they are, which a state_dict of the original class cannot do)."""
+        signature = None
+        if input_example is not None:
+            import torch
+
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                out = model(input_example)
+                model.train(was)
+            signature = mlflow.models.infer_signature(input_example.cpu().numpy(), out.cpu().numpy())
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / artifact_path
+            mlflow.pytorch.save_model(
+                model,
+                str(local),
+                serialization_format="pickle",
+                signature=signature,
+                pip_requirements=_pip_requirements(),
+            )
+            self.client.log_artifacts(self.run_id, str(local), artifact_path)
+
+    def log_state_dict(self, model: Any, artifact_file: str = "weights.pt") -> None:
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / artifact_file
+            torch.save(model.state_dict(), path)
+            self.client.log_artifact(self.run_id, str(path))
+
+
+class Tracker:
+    """Entry point for tracking: experiments, runs, lookups and model loading."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or default_tracking_uri()
+        root = _local_artifact_root(self.uri)
+        if root is not None:
+            root.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str, *, create: bool = True) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+        if not create:
+            return None
+        root = _local_artifact_root(self.uri)
+        location = (root / name).as_uri() if root is not None else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Another worker created it between our lookup and create.
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def start(self, experiment: str, run_name: str, *, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> RunHandle:
+        exp_id = self.experiment_id(experiment)
+        all_tags = {"mlflow.source.git.commit": git_commit(), **(tags or {})}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
+        return RunHandle(self.client, run.info.run_id, exp_id)
+
+    def end(self, handle: RunHandle, status: str = "FINISHED") -> None:
+        self.client.set_terminated(handle.run_id, status)
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        tags: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
+        killed_on: Sequence[type[BaseException]] = (),
+    ) -> Iterator[RunHandle]:
+        """A run that ends FINISHED, KILLED (``RunKilled``, ``killed_on`` types,
+        Ctrl-C) or FAILED with the error as a tag, whatever happens inside."""
+        handle = self.start(experiment, run_name, tags=tags, parent_run_id=parent_run_id)
+        try:
+            yield handle
+        except (RunKilled, KeyboardInterrupt, *killed_on) as e:
+            self._safe_tag(handle, {"killed_reason": _one_line(e) or type(e).__name__})
+            self.end(handle, "KILLED")
+            raise
+        except BaseException as e:
+            self._safe_tag(handle, {"error": _one_line(e), "error_type": type(e).__name__})
+            self._safe_text(handle, traceback.format_exc(), "error.txt")
+            self.end(handle, "FAILED")
+            raise
+        else:
+            self.end(handle, "FINISHED")
+
+    def _safe_tag(self, handle: RunHandle, tags: dict[str, str]) -> None:
+        with contextlib.suppress(Exception):
+            handle.set_tags(tags)
+
+    def _safe_text(self, handle: RunHandle, text: str, name: str) -> None:
+        with contextlib.suppress(Exception):
+            handle.log_text(text, name)
+
+    def find_runs(self, experiment: str, *, tags: dict[str, str] | None = None, status: str | None = "FINISHED", parent_run_id: str | None = None, max_results: int = 1000) -> list:
+        exp_id = self.experiment_id(experiment, create=False)
+        if exp_id is None:
+            return []
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        if parent_run_id:
+            clauses.append(f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
+        return list(
+            self.client.search_runs(
+                [exp_id], " and ".join(clauses), ViewType.ACTIVE_ONLY, max_results=max_results, order_by=["attributes.start_time DESC"]
+            )
+        )
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def load_model(self, model_uri: str):
+        """Load a logged PyTorch model from ``runs:/<id>/<path>``, ``models:/...`` or a path."""
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+    def search_runs_frame(self, experiment: str, filter_string: str = ""):
+        """All runs of an experiment as a pandas DataFrame (for reports and notebooks)."""
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
+
+
+def _param_value(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
+
+
+def _one_line(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return " ".join(text.split())[:500]
+
+
+def _pip_requirements() -> list[str]:
+    # Given explicitly: MLflow's own inference imports and inspects the model
+    # in a subprocess, seconds per logged model.
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"]
