@@ -90,6 +90,7 @@ class TeacherConfig(Strict):
     model: ModelSpec | None = None
     train: TrainConfig = Field(default_factory=TrainConfig)
     seed: int = 0
+    augment: bool | None = None  # None: as data.augment; true e.g. for Hinton's jittered teacher
     model_uri: str | None = None  # e.g. runs:/<run_id>/model or models:/name/1
 
     @model_validator(mode="after")
@@ -97,6 +98,10 @@ class TeacherConfig(Strict):
         if (self.model is None) == (self.model_uri is None):
             raise ValueError("give exactly one of model (train it here) or model_uri (an MLflow model)")
         return self
+
+
+def teacher_augment_flag(teacher: TeacherConfig, data: DataConfig) -> bool:
+    return data.augment if teacher.augment is None else teacher.augment
 
 
 class DistillConfig(Strict):
@@ -128,7 +133,7 @@ class EvalConfig(Strict):
 class TrackingConfig(Strict):
     experiment: str = "default"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
-    log_model: bool = True
+    log_model: bool = True  # students' models; a teacher's model is always logged (it is reused from there)
 
 
 class RunConfig(Strict):
@@ -140,11 +145,15 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)  # the student's training
     distill: DistillConfig = Field(default_factory=DistillConfig)
     baseline: bool = True  # also train the student alone on the labels, for comparison
+    baseline_train: TrainConfig | None = None  # the student alone's training, when it differs from `train`
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
+        for i, t in enumerate(self.teachers):
+            if t.augment and self.data.dataset == "mnist1d":
+                raise ValueError(f"teachers.{i}.augment: no augmentation is defined for mnist1d")
         w = self.distill.teacher_weights
         if w is not None and len(w) != len(self.teachers):
             raise ValueError(f"distill.teacher_weights has {len(w)} values for {len(self.teachers)} teachers")
@@ -172,8 +181,9 @@ def config_hash(obj: BaseModel | dict) -> str:
 
 def teacher_key(teacher: TeacherConfig, data: DataConfig) -> str:
     """What makes a trained teacher reusable: its model, training, seed and the data it saw."""
-    data_part = data.model_dump(exclude={"cache_dir", "transfer_size", "transfer_seed", "download", "root"})
-    return config_hash({"teacher": teacher.model_dump(mode="json"), "data": data_part})
+    data_part = data.model_dump(exclude={"cache_dir", "transfer_size", "transfer_seed", "download", "root", "augment"})
+    teacher_part = {**teacher.model_dump(mode="json"), "augment": teacher_augment_flag(teacher, data)}
+    return config_hash({"teacher": teacher_part, "data": data_part})
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -13,8 +13,8 @@ import torch
 import yaml
 from torch import nn
 
-from .config import RunConfig, TeacherConfig, TrainConfig, config_hash, flatten, teacher_key
-from .data import DataBundle, Split, load_data
+from .config import RunConfig, TeacherConfig, config_hash, flatten, teacher_augment_flag, teacher_key
+from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, SupervisedTask, TeacherLogitCache, teacher_log_probs
 from .evaluate import classification_metrics, deployment_metrics, predict
 from .models import build_model
@@ -111,14 +111,14 @@ def train_teacher(
     with tracker.run(cfg.tracking.experiment, f"teacher-{index}-{tc.model.name}", tags=tags, parent_run_id=parent_run_id) as run:
         run.log_params({"seed": tc.seed, **flatten(tc.model_dump(mode="json"), "teacher"), **flatten(cfg.data.model_dump(mode="json"), "data")})
         _log_config(run, cfg, config_path)
+        augment = default_augment(cfg.data.dataset) if teacher_augment_flag(tc, cfg.data) else None
         history = fit(
-            SupervisedTask(model), data.train, tc.train, seed=tc.seed, val=data.val, augment=data.augment,
+            SupervisedTask(model), data.train, tc.train, seed=tc.seed, val=data.val, augment=augment,
             callbacks=_epoch_logger(run), progress=progress, desc=f"teacher {index} ({tc.model.name})",
         )
         metrics = {**evaluate_run(model, data, cfg), "train_time_s": history.wall_time_s}
-        run.log_metrics(metrics)
-        if cfg.tracking.log_model:
-            run.log_model(model, input_example=data.test.x[:2])
+        run.log_metrics(metrics, step=len(history.epochs))  # the final evaluation is of the last epoch
+        run.log_model(model, input_example=data.test.x[:2])  # always: reusing a teacher loads it from here
     return Teacher(model, run.run_id, key), RunResult("teacher", tc.seed, run.run_id, metrics)
 
 
@@ -143,7 +143,7 @@ def obtain_teachers(
             continue
         key = teacher_key(tc, cfg.data)
         found = tracker.find_runs(cfg.tracking.experiment, tags={"teacher_key": key, "method": "teacher"})
-        if found and cfg.tracking.log_model:
+        if found:
             run_id = found[0].info.run_id
             teachers.append(Teacher(tracker.load_model(f"runs:/{run_id}/model"), run_id, key, reused=True))
             continue
@@ -215,7 +215,8 @@ def train_student(
     base = data.full_train() if full_train else data.train
     distilled = bool(teachers)
     train_split = concat_splits(base, data.transfer) if distilled else base
-    seed_everything(seed, cfg.train.deterministic)  # the initial weights follow the seed too
+    train_cfg = cfg.train if distilled or cfg.baseline_train is None else cfg.baseline_train
+    seed_everything(seed, train_cfg.deterministic)  # the initial weights follow the seed too
     student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
     task = distillation_task(student, teachers, train_split, data, cfg, cache=cache) if distilled else SupervisedTask(student)
     teacher_ids = ",".join(t.run_id for t in teachers if t.run_id)
@@ -231,7 +232,8 @@ def train_student(
     }
     params = {"seed": seed, "full_train": full_train, **flatten(cfg.model_dump(mode="json")), **(extra_params or {})}
     if not distilled:
-        params = {k: v for k, v in params.items() if not k.startswith(("distill.", "teachers."))}
+        params = {k: v for k, v in params.items() if not k.startswith(("distill.", "teachers.", "train.", "baseline_train."))}
+        params.update(flatten(train_cfg.model_dump(mode="json"), "train"))
     name = run_name or f"{role}-seed{seed}"
     ctx = tracker.run(cfg.tracking.experiment, name, tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) if tracker else _null_run()
     with ctx as run:
@@ -239,7 +241,7 @@ def train_student(
             run.log_params(params)
             _log_config(run, cfg, config_path)
         history: History = fit(
-            task, train_split, cfg.train, seed=seed, val=None if full_train else data.val, augment=data.augment,
+            task, train_split, train_cfg, seed=seed, val=None if full_train else data.val, augment=data.augment,
             callbacks=[*_epoch_logger(run), *callbacks], progress=progress, desc=name,
         )
         metrics = evaluate_run(
@@ -249,7 +251,7 @@ def train_student(
         metrics["train_time_s"] = history.wall_time_s
         metrics["train_samples"] = float(len(train_split))
         if run is not None:
-            run.log_metrics(metrics)
+            run.log_metrics(metrics, step=len(history.epochs))
             if cfg.tracking.log_model if log_model is None else log_model:
                 run.log_model(student, input_example=data.test.x[:2])
     return RunResult(role, seed, run.run_id if run is not None else None, metrics)

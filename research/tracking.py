@@ -9,6 +9,7 @@ lives under ``./mlruns``: a SQLite database and the artifacts beside it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import tempfile
@@ -22,6 +23,11 @@ import mlflow
 import mlflow.pytorch
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
+
+# MLflow warns on every pickle-format save; we choose pickle on purpose (see RunHandle.log_model).
+logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+# Artifact download bars would interleave with the training bars.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 DEFAULT_DIR = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
