@@ -42,11 +42,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="student seeds (default: the config's seed); mean and spread are shown")
 
+    _add_study_parsers(sub)
+
     p = sub.add_parser("ui", help="start the MLflow UI on this project's tracking store",
                        description="Start the MLflow UI over the tracking store on 127.0.0.1; Ctrl-C stops it.")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     return parser
+
+
+def _add_study_parsers(sub) -> None:
+    study = sub.add_parser("study", help="Optuna studies over temperature, alpha and teacher weights (run, resume, list, report, finalize)",
+                           description="Optuna studies whose every trial is an MLflow child run of one parent run per study.")
+    ssub = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    storage_help = "Optuna storage: a journal file path or a database URL such as postgresql://user:pw@host/db (default: the study file's storage, else mlruns/optuna/journal.log)"
+
+    p = ssub.add_parser("run", help="create (or join) a study from a study file and run its trials",
+                        description="Validate STUDY.yaml, train its teachers once, create the study with its MLflow parent run, "
+                                    "enqueue the published defaults, run the trials, then log the best trial and the plots.")
+    _add_config_args(p)
+    p.add_argument("--n-trials", type=int, help="trials to run now (default: the study file's n_trials)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads are split between them)")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+
+    p = ssub.add_parser("resume", help="continue a study until it has its n_trials finished trials (or N more)",
+                        description="Continue study NAME with the config it was created with; trial numbers continue and finished trials are kept.")
+    p.add_argument("name")
+    p.add_argument("--n-trials", type=int, help="run this many more trials (default: up to the study's n_trials)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--timeout", type=float)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = ssub.add_parser("list", help="the studies in a storage, with their trial counts and best values")
+    p.add_argument("--storage", help=storage_help)
+
+    p = ssub.add_parser("report", help="markdown table and PNG plots of a study into a folder and onto its parent run")
+    p.add_argument("name")
+    p.add_argument("--out", help="folder for report.md and the plots (default: reports/NAME)")
+    p.add_argument("--storage", help=storage_help)
+
+    p = ssub.add_parser("finalize", help="retrain the best configuration on the whole training split with several seeds; test mean and spread",
+                        description="Retrain the best trial's configuration (and the first enqueued default, for comparison) on train+val "
+                                    "with --seeds seeds, evaluate on the test split, and log mean and spread to the study's parent run.")
+    p.add_argument("name")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
+    p.add_argument("--no-default", action="store_true", help="do not also finalize the enqueued default")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = ssub.add_parser("worker", help=argparse.SUPPRESS)  # started by `study run --workers N`
+    p.add_argument("name")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--n-trials", type=int, required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timeout", type=float)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +221,187 @@ def _print_ui_hint(tracker) -> None:
     print(f"\nSee every run: research ui   (or: mlflow ui --backend-store-uri {uri})")
 
 
-COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "ui": cmd_ui}
+def cmd_study(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    action = args.study_command
+    try:
+        if action == "run":
+            return _study_run(args)
+        if action == "resume":
+            return _study_resume(args)
+        if action == "list":
+            return _study_list(args)
+        if action == "report":
+            return _study_report(args)
+        if action == "finalize":
+            return _study_finalize(args)
+        if action == "worker":
+            from .sweep import worker_main
+
+            worker_main(args.name, args.storage, args.n_trials, args.threads, args.timeout)
+            return 0
+    except ConfigError as e:
+        return _fail(str(e))
+    except _study_errors() as e:
+        return _fail(str(e))
+    raise AssertionError(action)
+
+
+def _study_errors():
+    from .sweep import StudyError
+
+    return (StudyError,)
+
+
+def _positive(value: int | None, flag: str) -> None:
+    from .config import ConfigError
+
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag} must be at least 1, got {value}")
+
+
+def _study_run(args: argparse.Namespace) -> int:
+    from .config import load_study_config
+
+    cfg = load_study_config(args.config, args.overrides)
+    _positive(args.n_trials, "--n-trials")
+    _positive(args.workers, "--workers")
+    from . import sweep
+    from .tracking import Tracker
+
+    storage = sweep.storage_url(args.storage or cfg.storage)
+    sweep.check_storage(storage)
+    tracker = Tracker(cfg.tracking.uri)
+    study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config, parallel=args.workers > 1)
+    return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
+                              timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)
+
+
+def _study_resume(args: argparse.Namespace) -> int:
+    _positive(args.n_trials, "--n-trials")
+    _positive(args.workers, "--workers")
+    from . import sweep
+    from .tracking import Tracker
+
+    storage = sweep.storage_url(args.storage)
+    study, cfg = sweep.load_existing(args.name, storage)
+    done = sweep.count_finished(study)
+    n = args.n_trials or cfg.n_trials - done
+    if n <= 0:
+        print(f"study {args.name!r} already has {done} finished trials of its {cfg.n_trials}; use --n-trials N to run more")
+        return 0
+    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
+    tracker.reopen(study.user_attrs[sweep.ATTR_PARENT])
+    print(f"resuming {args.name!r}: {done} finished trials kept, {n} more to run")
+    return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers, timeout=args.timeout, progress=not args.no_progress)
+
+
+def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress) -> int:
+    from . import sweep
+
+    t0 = __import__("time").perf_counter()
+    try:
+        sweep.launch(cfg, study, storage, n_trials=n_trials, workers=workers, timeout_s=timeout, progress=progress)
+    except BaseException:
+        parent = study.user_attrs.get(sweep.ATTR_PARENT)
+        if parent:  # the parent run must not stay RUNNING forever
+            tracker.end(tracker.handle(parent), "KILLED")
+        raise
+    sweep.finish_study(tracker, study, cfg)
+    wall = __import__("time").perf_counter() - t0
+    rows = sweep.trials_table(study)
+    print(format_study_summary(cfg, rows, wall))
+    _print_ui_hint(tracker)
+    print(f"Report with plots: research study report {cfg.name}{_storage_flag(storage)};  "
+          f"test figures: research study finalize {cfg.name} --seeds 3{_storage_flag(storage)}")
+    return 0
+
+
+def _storage_flag(storage: str) -> str:
+    from .sweep import DEFAULT_JOURNAL
+
+    return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {storage}"
+
+
+def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float) -> str:
+    """Best trial against the enqueued defaults (validation metric; test shown, not used)."""
+    obj = cfg.objectives[0]
+    done = [r for r in rows if r["state"] == "COMPLETE"]
+    states = [r["state"] for r in rows]
+    lines = [f"\nstudy {cfg.name}: {len(rows)} trials ({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+             f"{states.count('FAIL')} failed) in {wall_s:.0f} s"]
+    if not done:
+        return "\n".join(lines + ["no completed trial"])
+    sign = -1 if obj.direction == "maximize" else 1
+    best = sorted(done, key=lambda r: (sign * r["values"][0], r["number"]))[0]
+    table = [("best", best)] + [("enqueued default", r) for r in done if r["enqueued"]]
+    for label, r in table:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items() if not k.startswith("w_"))
+        if r.get("teacher_weights"):
+            params += ", weights=[" + ", ".join(f"{w:.2f}" for w in r["teacher_weights"]) + "]"
+        test = f", test acc {r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else ""
+        lines.append(f"  {label:<17} trial {r['number']:>3}: {obj.metric} {r['values'][0]:.4f}{test}  ({params})")
+    return "\n".join(lines)
+
+
+def _study_list(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    rows = sweep.list_studies(sweep.storage_url(args.storage))
+    if not rows:
+        print("no studies")
+        return 0
+    header = ["study", "complete", "pruned", "failed", "running", "best", "experiment", "started"]
+    body = [[r["name"], r["complete"], r["pruned"], r["failed"], r["running"], "-" if r["best"] is None else f"{r['best']:.4f}",
+             r["experiment"], r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] else "-"] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    for cells in [header, *body]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
+    return 0
+
+
+def _study_report(args: argparse.Namespace) -> int:
+    from . import report, sweep
+    from .tracking import Tracker
+
+    storage = sweep.storage_url(args.storage)
+    study, cfg = sweep.load_existing(args.name, storage)
+    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
+    parent_id = study.user_attrs[sweep.ATTR_PARENT]
+    out = Path(args.out or Path("reports") / args.name)
+    figures = sweep.study_figures(study, cfg)
+    files = report.figures_to_files(figures, out)
+    md = report.study_markdown(
+        args.name, sweep.trials_table(study), objective_names=[o.metric for o in cfg.objectives], directions=cfg.directions,
+        parent_metrics=dict(tracker.get_run(parent_id).data.metrics), figure_files=files,
+        settings={"sampler": cfg.sampler.name, "pruner": cfg.pruner.name, "searched": ", ".join(cfg.searched_names()),
+                  "MLflow experiment": cfg.tracking.experiment, "parent run": parent_id},
+    )
+    (out / "report.md").write_text(md)
+    handle = tracker.handle(parent_id)
+    handle.log_text(md, "report/report.md")
+    for f in files:
+        handle.log_artifact(f, "report")
+    print(f"wrote {out / 'report.md'} and {len(files)} plots; also on MLflow run {parent_id} under report/")
+    return 0
+
+
+def _study_finalize(args: argparse.Namespace) -> int:
+    _positive(args.seeds, "--seeds")
+    from . import sweep
+
+    storage = sweep.storage_url(args.storage)
+    study, cfg = sweep.load_existing(args.name, storage)
+    seeds = list(range(args.seeds))
+    out = sweep.finalize(study, cfg, seeds=seeds, include_default=not args.no_default, progress=not args.no_progress)
+    for label, s in out.items():
+        print(f"{label:<8} (trial {int(s['trial'])}): test accuracy {100 * s['test_accuracy_mean']:.2f} ± {100 * s['test_accuracy_std']:.2f} % "
+              f"over {len(seeds)} seeds, trained on train+val")
+    return 0
+
+
+COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "study": cmd_study, "ui": cmd_ui}
 
 
 if __name__ == "__main__":

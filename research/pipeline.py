@@ -205,6 +205,8 @@ def train_student(
     config_path: str | Path | None = None,
     progress: bool = True,
     cache: TeacherLogitCache | None = None,
+    on_run_start: Callable[[str], None] | None = None,
+    log_weights: bool = False,
 ) -> RunResult:
     """Train the student alone (no teachers) or distilled from ``teachers``; one MLflow run.
 
@@ -238,6 +240,8 @@ def train_student(
     ctx = tracker.run(cfg.tracking.experiment, name, tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) if tracker else _null_run()
     with ctx as run:
         if run is not None:
+            if on_run_start is not None:
+                on_run_start(run.run_id)
             run.log_params(params)
             _log_config(run, cfg, config_path)
         history: History = fit(
@@ -254,6 +258,10 @@ def train_student(
             run.log_metrics(metrics, step=len(history.epochs))
             if cfg.tracking.log_model if log_model is None else log_model:
                 run.log_model(student, input_example=data.test.x[:2])
+            elif log_weights:
+                run.log_state_dict(student)
+            metrics["tracking_time_s"] = run.seconds
+            run.log_metrics({"tracking_time_s": run.seconds}, step=len(history.epochs))
     return RunResult(role, seed, run.run_id if run is not None else None, metrics)
 
 

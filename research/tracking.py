@@ -9,6 +9,7 @@ lives under ``./mlruns``: a SQLite database and the artifacts beside it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -61,6 +62,20 @@ class RunKilled(Exception):
     """Raised inside a run to end it as KILLED (e.g. an early-stopped trial)."""
 
 
+def _timed(method):
+    """Adds the call's wall time to ``self.seconds``: the share of a run spent logging."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    return wrapper
+
+
 @dataclass
 class RunHandle:
     """One MLflow run, logged by id (thread-safe, no active-run stack)."""
@@ -68,32 +83,40 @@ class RunHandle:
     client: MlflowClient
     run_id: str
     experiment_id: str
+    seconds: float = 0.0  # time spent in this handle's MLflow calls
 
+    @_timed
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
+    @_timed
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000], synchronous=True)
 
+    @_timed
     def set_tags(self, tags: dict[str, Any]) -> None:
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         if items:
             self.client.log_batch(self.run_id, tags=items, synchronous=True)
 
+    @_timed
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_timed
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
 
+    @_timed
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
+    @_timed
     def log_model(self, model: Any, artifact_path: str = "model", *, input_example: Any = None) -> None:
         """The whole module as an MLflow PyTorch model (pickle format: pruned or quantized
         modules reload as they are, which a state_dict of the original class cannot do)."""
@@ -118,6 +141,7 @@ class RunHandle:
             )
             self.client.log_artifacts(self.run_id, str(local), artifact_path)
 
+    @_timed
     def log_state_dict(self, model: Any, artifact_file: str = "weights.pt") -> None:
         import torch
 
@@ -166,6 +190,25 @@ class Tracker:
 
     def end(self, handle: RunHandle, status: str = "FINISHED") -> None:
         self.client.set_terminated(handle.run_id, status)
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle on an existing run (e.g. a study's parent run from another process)."""
+        run = self.client.get_run(run_id)
+        return RunHandle(self.client, run_id, run.info.experiment_id)
+
+    def reopen(self, run_id: str) -> RunHandle:
+        self.client.update_run(run_id, status="RUNNING")
+        return self.handle(run_id)
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        return any(a.path == path for a in self.client.list_artifacts(run_id))
+
+    def load_state_dict(self, run_id: str, artifact_file: str = "weights.pt") -> dict:
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            return torch.load(local, weights_only=True)
 
     @contextlib.contextmanager
     def run(
