@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,7 +57,9 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     """PostgreSQL/MySQL/SQLite URLs go to RDBStorage (with heartbeats, so a dead
     worker's trial is failed rather than left RUNNING); anything else is a journal file."""
     if "://" in url:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+        with warnings.catch_warnings():  # heartbeats are marked experimental, and are what we want
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
     path = Path(url)
     if not create and not path.exists():
         raise StudyError(f"no study storage at {path} (run a study first, or pass --storage)")
@@ -441,14 +444,13 @@ def finish_study(ctx_tracker: Tracker, study: optuna.Study, cfg: StudyConfig, *,
 
 def study_figures(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     """Optuna's own plots (matplotlib): history, importances, T x alpha contour, parallel coordinates."""
-    import warnings
-
     import matplotlib
 
     matplotlib.use("Agg")
     import optuna.visualization.matplotlib as ovm
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")  # one-valued axes
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     figs: dict[str, Any] = {}

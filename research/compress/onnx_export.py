@@ -1,0 +1,146 @@
+"""The edge path: ONNX export of any model, and ONNX Runtime inference wrapped as a module.
+
+Export uses torch's maintained exporter (``torch.onnx.export(..., dynamo=True)``,
+which needs ``onnxscript``) with a dynamic batch dimension; a model it cannot
+trace falls back to the legacy TorchScript exporter (deprecated, still shipped
+in torch 2.14). Which one ran is reported.
+
+:class:`OrtModule` is an ``nn.Module`` whose forward runs an ONNX Runtime
+session on the CPU: ``research.evaluate.predict`` and ``classification_metrics``
+work on it unchanged, and it pickles (``torch.save`` whole, MLflow's pickle
+format) by carrying the ONNX bytes and rebuilding its session on load. Its
+latency is measured in ONNX Runtime itself by :func:`ort_latency_ms`, with
+the same protocol as ``research.evaluate.measure_latency_ms`` (median of
+``repeats`` runs after ``warmup``, ``threads`` intra-op threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_OPSET = 18
+
+
+@dataclass
+class OnnxExport:
+    model_bytes: bytes
+    exporter: str  # "dynamo" or "torchscript"
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    m = copy.deepcopy(model).cpu()
+    m.eval()
+    return m
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET) -> OnnxExport:
+    """The ONNX model (bytes) of ``model`` for float inputs ``[batch, *input_shape]``, batch dynamic."""
+    m = _cpu_eval_copy(model)
+    example = torch.randn(2, *input_shape)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                m, (example,), input_names=["x"], output_names=["logits"], opset_version=opset,
+                dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+            )
+        buf = io.BytesIO()
+        program.save(buf)
+        return OnnxExport(buf.getvalue(), "dynamo")
+    except Exception as dynamo_error:  # noqa: BLE001 - any tracing failure: try the legacy exporter
+        buf = io.BytesIO()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    m, (example,), buf, input_names=["x"], output_names=["logits"], opset_version=opset,
+                    dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
+                )
+        except Exception as legacy_error:
+            raise RuntimeError(f"ONNX export of {type(model).__name__} failed: dynamo: {dynamo_error}; torchscript: {legacy_error}") from legacy_error
+        return OnnxExport(buf.getvalue(), "torchscript")
+
+
+def ort_session(model_bytes: bytes, *, threads: int = 1):
+    """A CPU ONNX Runtime session with ``threads`` intra-op threads (one inter-op thread)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OrtModule(nn.Module):
+    """An ONNX model run by ONNX Runtime on the CPU, behind the ``nn.Module`` interface.
+
+    Inference only (no gradients); inputs are taken to the CPU as float32.
+    """
+
+    def __init__(self, model_bytes: bytes, *, threads: int = 1, description: str = "") -> None:
+        super().__init__()
+        self.model_bytes = bytes(model_bytes)
+        self.threads = threads
+        self.description = description
+        self._session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = ort_session(self.model_bytes, threads=self.threads)
+        return self._session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.session
+        arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        out = s.run(None, {s.get_inputs()[0].name: arr})[0]
+        return torch.from_numpy(out)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_session"] = None  # sessions do not pickle; rebuilt from model_bytes on first use
+        return state
+
+    def extra_repr(self) -> str:
+        return f"{self.description or 'onnx'}, {len(self.model_bytes)} bytes, threads={self.threads}"
+
+
+def onnx_model(model: nn.Module, input_shape: Sequence[int], *, threads: int = 1) -> tuple[OrtModule, str]:
+    """``model`` exported to ONNX and wrapped for ONNX Runtime; also returns the exporter used."""
+    exp = export_onnx(model, input_shape)
+    return OrtModule(exp.model_bytes, threads=threads, description=f"float32 ({exp.exporter} export)"), exp.exporter
+
+
+def max_abs_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    """Largest absolute difference between the outputs of two modules on ``x`` (eval mode)."""
+    from research.evaluate import predict
+
+    return float((predict(a, x) - predict(b, x)).abs().max())
+
+
+def ort_latency_ms(model: OrtModule | bytes, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30,
+                   threads: int = 1, warmup: int = 3) -> float:
+    """Median latency (ms) of one ``session.run`` in ONNX Runtime with ``threads`` intra-op threads."""
+    data = model.model_bytes if isinstance(model, OrtModule) else model
+    s = ort_session(data, threads=threads)
+    feed = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)}
+    for _ in range(warmup):
+        s.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        s.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)

@@ -1,0 +1,367 @@
+"""Compression baselines (research.compress) on real MNIST-1D models, with tiny budgets."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from research.compress import CompressConfig, OrtModule, compress, evaluate_compressed, load_compact, parse_compress_config
+from research.compress.finetune import label_subset_source, mnist1d_source
+from research.compress.lowrank import dropped_energy_error, factorize_conv, factorize_linear, layer_rank, svd_factors
+from research.compress.prune import global_magnitude_prune, measured_sparsity, prunable_weights
+from research.compress.storage import decode_tensor, encode_tensor, save_compact, torch_save_bytes
+from research.config import ConfigError, TrainConfig
+from research.data import load_data
+from research.distill import SupervisedTask
+from research.evaluate import classification_metrics, count_flops, count_parameters, deployment_metrics, predict
+from research.models import build_model
+from research.tracking import Tracker
+from research.train import fit
+
+# One thread: on a busy 2-core machine torch's default of 2 threads is ~10x slower for these tiny models.
+FT = TrainConfig(epochs=1, batch_size=100, lr=1e-2, device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return load_data("mnist1d", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def _trained(name: str, data, epochs: int, **kwargs) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, input_shape=data.input_shape, num_classes=data.num_classes, **kwargs)
+    fit(SupervisedTask(model), data.train, FT.model_copy(update={"epochs": epochs}), seed=0, progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mlp(data):
+    return _trained("mnist1d_mlp", data, 15)
+
+
+@pytest.fixture(scope="module")
+def cnn(data):
+    return _trained("mnist1d_cnn", data, 15)
+
+
+def accuracy(model: nn.Module, split) -> float:
+    return classification_metrics(predict(model, split.x), split.y)["accuracy"]
+
+
+def tiny_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("cifar_resnet", input_shape=(3, 8, 8), num_classes=10, widths=[8, 8, 16, 16]).eval()
+
+
+# ---------------------------------------------------------------- unstructured pruning
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.97])
+@pytest.mark.parametrize("schedule", ["one_shot", "iterative"])
+def test_global_pruning_sparsity_is_the_requested_one(mlp, data, sparsity, schedule):
+    cfg = CompressConfig(sparsity=sparsity, schedule=schedule, iterative_steps=3, finetune_epochs=3 if schedule == "iterative" else 1)
+    cm = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT)
+    n = sum(m.weight.numel() for m, _ in prunable_weights(cm.model))
+    zeros = sum(int((m.weight == 0).sum()) for m, _ in prunable_weights(cm.model))
+    assert abs(zeros - sparsity * n) <= 1, (zeros, sparsity * n)  # exact, after fine-tuning too
+    assert cm.extra["sparsity"] == pytest.approx(zeros / n)
+    assert cm.params == count_parameters(mlp)
+    assert cm.params_nonzero == count_parameters(cm.model, nonzero=True) < count_parameters(mlp)
+    # biases are not pruned, and no pruning reparametrisation is left behind
+    for (m0, _), (m1, _) in zip(prunable_weights(mlp), prunable_weights(cm.model)):
+        assert torch.equal(m0.bias, m1.bias) or cfg.finetune_epochs
+    assert not any(k.endswith(("_orig", "_mask")) for k in cm.model.state_dict())
+
+
+def test_pruning_is_global_not_per_layer(mlp):
+    model = global_magnitude_prune(build_model("mnist1d_mlp", input_shape=(40,), num_classes=10), 0.0)
+    assert measured_sparsity(model)["sparsity"] == 0.0
+    pruned = global_magnitude_prune(_copy(mlp), 0.8)
+    per_layer = [float((m.weight == 0).float().mean()) for m, _ in prunable_weights(pruned)]
+    assert max(per_layer) - min(per_layer) > 0.05, per_layer  # one global threshold, uneven layer sparsities
+    # every kept weight is at least as large as every pruned one
+    kept = torch.cat([mp.weight[mp.weight != 0].abs() for mp, _ in prunable_weights(pruned)])
+    removed = torch.cat([m0.weight[m1.weight == 0].abs() for (m0, _), (m1, _) in zip(prunable_weights(mlp), prunable_weights(pruned))])
+    assert kept.min() >= removed.max()
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_compress_leaves_the_input_model_unchanged(mlp, data):
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    compress(mlp, "prune", CompressConfig(sparsity=0.9, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
+
+
+def test_pruned_model_reloads_whole_and_through_mlflow_with_the_same_accuracy(mlp, data, tmp_path):
+    cm = compress(mlp, "prune", CompressConfig(sparsity=0.8, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
+    acc = accuracy(cm.model, data.test)
+    logits = predict(cm.model, data.test.x)
+
+    path = tmp_path / "pruned.pt"
+    torch.save(cm.model, path)
+    again = torch.load(path, weights_only=False)
+    assert torch.equal(predict(again, data.test.x), logits)
+    assert accuracy(again, data.test) == acc
+
+    compact = tmp_path / "pruned.compact.pt"
+    cm.save(compact)
+    assert torch.equal(predict(load_compact(compact), data.test.x), logits)
+
+    tracker = Tracker(uri=f"sqlite:///{tmp_path}/m.db")
+    with tracker.run("compress", "pruned") as handle:
+        handle.log_model(cm.model, input_example=data.test.x[:2])
+    loaded = tracker.load_model(f"runs:/{handle.run_id}/model")
+    assert accuracy(loaded, data.test) == acc
+    assert measured_sparsity(loaded)["sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+# ---------------------------------------------------------------- storage: bytes actually written
+
+
+def test_sparse_model_is_small_only_stored_compactly(mlp, data, tmp_path):
+    cm = compress(mlp, "prune", CompressConfig(sparsity=0.9), data, seed=0)
+    written = cm.save(tmp_path / "m.compact")
+    assert written == os.path.getsize(tmp_path / "m.compact") == cm.size_bytes
+    torch.save(cm.model, tmp_path / "dense.pt")
+    dense = os.path.getsize(tmp_path / "dense.pt")
+    assert cm.extra["dense_size_bytes"] == dense  # torch.save stores every zero
+    assert written < 0.35 * dense, (written, dense)
+    # a dense model gains nothing, and loses at most a little, from the compact format
+    save_compact(mlp, tmp_path / "unpruned.compact")
+    torch.save(mlp, tmp_path / "unpruned.pt")
+    assert os.path.getsize(tmp_path / "unpruned.compact") <= os.path.getsize(tmp_path / "unpruned.pt") + 2048
+
+
+@pytest.mark.parametrize("shape,density,kind", [((100, 40), 0.3, "bitmask"), ((100, 40), 0.01, "index"), ((400, 300), 0.005, "index")])
+def test_compact_encoding_round_trips(shape, density, kind):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=g) * (torch.rand(shape, generator=g) < density)
+    e = encode_tensor(w)
+    assert e is not None and e["kind"] == kind
+    assert torch.equal(decode_tensor(e), w)
+    assert encode_tensor(torch.randn(100, 40)) is None  # dense data stays dense
+
+
+def test_sizes_are_the_bytes_written(mlp, data, tmp_path):
+    for method, cfg in [("none", CompressConfig()), ("quantize", CompressConfig(backend="onnxruntime")), ("onnx", CompressConfig())]:
+        cm = compress(mlp, method, cfg.model_copy(update={"method": method}), data, seed=0)
+        path = tmp_path / f"{method}.bin"
+        cm.save(path)
+        assert cm.size_bytes == os.path.getsize(path), method
+    assert compress(mlp, "none", CompressConfig(), data, seed=0).size_bytes == torch_save_bytes(mlp)
+
+
+# ---------------------------------------------------------------- structured pruning
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_structured_pruning_really_shrinks_the_network(which, request, data):
+    model = request.getfixturevalue(which)
+    shape = data.input_shape
+    cfg = CompressConfig(sparsity=0.75, structured=True, finetune_epochs=2)
+    cm = compress(model, "prune", cfg, data, seed=0, finetune_cfg=FT)
+    p0, f0 = count_parameters(model), count_flops(model, shape)
+    assert cm.params == count_parameters(cm.model) <= 0.25 * p0
+    assert cm.params > 0.1 * p0  # as close to the target as channel counts allow, not far past it
+    assert cm.params_nonzero == cm.params  # really removed, not zeroed
+    assert count_flops(cm.model, shape) == cm.flops < 0.5 * f0
+    out = predict(cm.model, data.test.x)
+    assert out.shape == (len(data.test), 10)
+    assert accuracy(cm.model, data.test) > 0.3  # it still classifies (chance is 0.1)
+    assert cm.size_bytes < torch_save_bytes(model)
+
+
+def test_structured_pruning_keeps_residual_networks_consistent(data):
+    from research.compress.prune import structured_prune
+
+    model = tiny_resnet()
+    x = torch.randn(4, 3, 8, 8)
+    pruned, info = structured_prune(_copy(model), 0.5, x, 10, steps=2)
+    assert count_parameters(pruned) <= 0.5 * count_parameters(model)
+    assert info["param_fraction"] == count_parameters(pruned) / count_parameters(model)
+    assert pruned(x).shape == (4, 10)
+
+
+def test_structured_pruning_that_cannot_reach_the_target_says_so(data):
+    from research.compress.prune import structured_prune
+
+    model = build_model("mlp", input_shape=(40,), num_classes=10, widths=[2])  # the classifier is most of it
+    with pytest.raises(ValueError, match="cannot remove"):
+        structured_prune(model, 0.9, torch.randn(2, 40), 10)
+
+
+# ---------------------------------------------------------------- int8 quantization
+
+# The int8 model keeps its float model's test accuracy within this many points.
+INT8_TOLERANCE = 0.02
+
+
+@pytest.mark.parametrize(
+    "which,backend,mode",
+    [
+        ("mlp", "onnxruntime", "dynamic"),
+        ("cnn", "onnxruntime", "static"),
+        ("mlp", "torch", "dynamic"),
+        ("cnn", "torch", "static"),
+        ("mlp", "torchao", "dynamic"),
+    ],
+)
+def test_int8_stays_close_to_float_accuracy(which, backend, mode, request, data):
+    model = request.getfixturevalue(which)
+    cm = compress(model, "quantize", CompressConfig(backend=backend, calibration_samples=256), data, seed=0)
+    assert cm.tags["quant_mode"] == mode  # auto: dynamic for the MLP, static (calibrated) for the CNN
+    float_acc, int8_acc = accuracy(model, data.test), accuracy(cm.model, data.test)
+    assert abs(int8_acc - float_acc) <= INT8_TOLERANCE, (float_acc, int8_acc)
+    assert float_acc > 0.45  # the models are trained, so the tolerance means something
+    assert cm.params == count_parameters(model) and cm.flops == count_flops(model, data.input_shape)
+
+
+def test_int8_onnx_is_smaller_than_float_onnx_and_reloads(mlp, data, tmp_path):
+    q = compress(mlp, "quantize", CompressConfig(), data, seed=0)
+    f = compress(mlp, "onnx", CompressConfig(), data, seed=0)
+    assert isinstance(q.model, OrtModule) and isinstance(f.model, OrtModule)
+    assert q.size_bytes < 0.45 * f.size_bytes, (q.size_bytes, f.size_bytes)
+    torch.save(q.model, tmp_path / "q.pt")  # the ORT wrapper pickles (its session is rebuilt on load)
+    again = torch.load(tmp_path / "q.pt", weights_only=False)
+    assert torch.equal(predict(again, data.test.x), predict(q.model, data.test.x))
+
+
+def test_torch_static_int8_explains_residual_networks():
+    from research.compress.quantize import quantize_int8
+
+    with pytest.raises(ValueError, match="onnxruntime"):
+        quantize_int8(tiny_resnet(), input_shape=(3, 8, 8), calibration=torch.randn(8, 3, 8, 8), backend="torch", mode="static")
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn", "resnet"])
+def test_onnx_runtime_agrees_with_pytorch(which, request, data):
+    if which == "resnet":
+        model, x = tiny_resnet(), torch.randn(64, 3, 8, 8)
+        from research.compress.onnx_export import onnx_model
+
+        ort, _ = onnx_model(model, (3, 8, 8))
+    else:
+        model, x = request.getfixturevalue(which), data.test.x
+        cm = compress(model, "onnx", CompressConfig(), data, seed=0)
+        ort = cm.model
+        assert cm.extra["onnx_max_abs_diff"] <= 1e-4
+    torch.testing.assert_close(predict(ort, x), predict(model, x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(predict(ort, x[:1]), predict(model, x[:1]), atol=1e-4, rtol=1e-4)  # dynamic batch
+
+
+def test_evaluate_compressed_reports_what_a_distillation_run_reports(cnn, data):
+    cm = compress(cnn, "onnx", CompressConfig(), data, seed=0)
+    m = evaluate_compressed(cm, data, repeats=2)
+    assert set(deployment_metrics(cnn, data.input_shape, repeats=1)) <= set(m)
+    assert {"val_accuracy", "test_accuracy", "test_nll", "test_ece"} <= set(m)
+    assert m["test_accuracy"] == pytest.approx(accuracy(cnn, data.test), abs=1e-3)
+    assert m["size_bytes"] == cm.size_bytes and m["flops"] == count_flops(cnn, data.input_shape) > 0
+
+
+# ---------------------------------------------------------------- low rank
+
+
+def test_svd_error_is_what_the_dropped_singular_values_predict():
+    torch.manual_seed(0)
+    lin = nn.Linear(30, 20)
+    s = torch.linalg.svdvals(lin.weight.detach().double())
+    for r in (1, 5, 12):
+        f = factorize_linear(lin, r)
+        w_r = f[1].weight @ f[0].weight
+        err = float(torch.linalg.matrix_norm(lin.weight - w_r))
+        assert err == pytest.approx(math.sqrt(float((s[r:] ** 2).sum())), rel=1e-4)
+        x = torch.randn(7, 30)
+        torch.testing.assert_close(f(x), nn.functional.linear(x, w_r, lin.bias))
+    assert float(torch.linalg.matrix_norm(lin.weight - factorize_linear(lin, 20)[1].weight @ factorize_linear(lin, 20)[0].weight)) < 1e-5
+
+
+def test_conv_channel_decomposition_error_and_output():
+    torch.manual_seed(0)
+    conv = nn.Conv1d(6, 12, 3, stride=2, padding=1)
+    r = 4
+    f = factorize_conv(conv, r)
+    assert f[0].out_channels == r and f[1].kernel_size == (1,)
+    # the composed kernel is the rank-r approximation of W reshaped to [out, in*k]
+    w_r = torch.einsum("or,rik->oik", f[1].weight[:, :, 0], f[0].weight)
+    _, _, s = svd_factors(conv.weight, r)
+    err = float(torch.linalg.matrix_norm((conv.weight - w_r).reshape(12, -1)))
+    assert err == pytest.approx(dropped_energy_error(s, r), rel=1e-4)
+    x = torch.randn(5, 6, 40)
+    torch.testing.assert_close(f(x), nn.functional.conv1d(x, w_r, conv.bias, stride=2, padding=1), atol=1e-5, rtol=1e-4)
+    conv2 = nn.Conv2d(4, 8, 3, padding=1)
+    torch.testing.assert_close(factorize_conv(conv2, 8 * 0 + 8)(torch.randn(2, 4, 6, 6)), conv2(torch.randn(2, 4, 6, 6) * 0 + 1) * 0 + factorize_conv(conv2, 8)(torch.randn(2, 4, 6, 6) * 0 + 1), atol=1e-4, rtol=1e-4)
+
+
+def test_lowrank_to_a_parameter_fraction(mlp, cnn, data):
+    for model in (mlp, cnn):
+        cm = compress(model, "lowrank", CompressConfig(method="lowrank", param_fraction=0.5, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
+        frac = cm.params / count_parameters(model)
+        assert 0.35 < frac <= 0.55, frac
+        assert cm.flops < count_flops(model, data.input_shape)
+        assert accuracy(cm.model, data.test) > 0.3
+    lin = nn.Linear(100, 100)
+    assert layer_rank(lin, param_fraction=0.5) == 25  # 25 * (100 + 100) = half of 100 * 100
+    assert layer_rank(nn.Linear(100, 10), rank=10) is None  # would not shrink: stays dense
+
+
+# ---------------------------------------------------------------- transfer, distillation fine-tuning
+
+
+def test_source_tasks(data, tmp_path):
+    sub = label_subset_source(data, 5)
+    assert int(sub.train.y.max()) == 4 and len(sub.train) < len(data.train)
+    src = mnist1d_source(tmp_path, seed=7, num_samples=500)
+    assert len(src.train) + len(src.val) == 500 and src.input_shape == data.input_shape
+    assert not torch.equal(src.train.x[:10], data.train.x[:10])  # new samples, not the real task's
+    assert abs(float(src.train.x.mean())) < 0.3 and 0.7 < float(src.train.x.std()) < 1.3  # same scale as the target
+    with pytest.raises(ValueError, match="42"):
+        mnist1d_source(tmp_path, seed=42)
+
+
+def test_transfer_pretrains_then_finetunes(data):
+    model = build_model("mnist1d_mlp", input_shape=(40,), num_classes=10)
+    cfg = CompressConfig(method="transfer", source="label_subset", source_classes=5, pretrain_epochs=2, finetune_epochs=2)
+    cm = compress(model, None, cfg, data, seed=0, finetune_cfg=FT)
+    assert cm.extra["source_val_accuracy"] > 0.2  # five classes: chance is 0.2 on the source validation split
+    assert accuracy(cm.model, data.test) > 0.2
+
+
+def test_distil_then_prune_can_finetune_by_distillation(mlp, cnn, data):
+    cfg = CompressConfig(sparsity=0.7, finetune_epochs=1)
+    plain = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT)
+    distilled = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT, teacher=_copy(cnn))
+    assert distilled.extra["sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert not torch.equal(predict(plain.model, data.val.x), predict(distilled.model, data.val.x))  # a different loss was used
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_validation_is_one_line_and_names_the_field():
+    for raw, field in [
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"method": "lowrank"}, "rank or param_fraction"),
+        ({"method": "lowrank", "rank": 2, "param_fraction": 0.5}, "rank or param_fraction"),
+        ({"bits": 4}, "bits"),
+        ({"schedule": "cubic"}, "schedule"),
+        ({"sparsty": 0.5}, "sparsty"),
+        ({"method": "transfer", "finetune_epochs": 0}, "finetune_epochs"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            parse_compress_config(raw)
+        assert "\n" not in str(e.value) and field in str(e.value), str(e.value)
+    assert parse_compress_config({"method": "lowrank", "rank": 3}).rank == 3
+    with pytest.raises(ValueError):
+        CompressConfig().sparsity = -0.1  # validated on assignment too
