@@ -167,20 +167,25 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
+    import signal
 
-    from .tracking import default_tracking_uri
+    from .tracking import default_tracking_uri, start_ui, stop_ui, wait_for_ui
 
     uri = default_tracking_uri()
-    print(f"MLflow UI at http://{args.host}:{args.port} over {uri} (Ctrl-C stops it)", flush=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    proc = subprocess.Popen(cmd)
+    proc = start_ui(uri, args.host, args.port)
+    # `kill` (SIGTERM) stops it as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
+        if wait_for_ui(proc, args.host, args.port):
+            print(f"MLflow UI at http://{args.host}:{args.port} over {uri}  (Ctrl-C stops it)", flush=True)
+        else:
+            return _fail(f"the MLflow UI did not start on {args.host}:{args.port} (is the port in use?)", 1)
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
         return 0
+    finally:
+        stop_ui(proc)
+        print("MLflow UI stopped", flush=True)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

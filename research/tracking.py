@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -272,6 +273,45 @@ class Tracker:
         """All runs of an experiment as a pandas DataFrame (for reports and notebooks)."""
         mlflow.set_tracking_uri(self.uri)
         return mlflow.search_runs(experiment_names=[experiment], filter_string=filter_string, output_format="pandas")
+
+
+def start_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> subprocess.Popen:
+    """``mlflow ui`` over ``uri`` in its own process group (it forks workers)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port), "--workers", "1"]
+    local = _local_artifact_root(uri)
+    if local is not None:
+        cmd += ["--default-artifact-root", local.as_uri()]
+    return subprocess.Popen(cmd, start_new_session=True)
+
+
+def wait_for_ui(proc: subprocess.Popen, host: str, port: int, timeout_s: float = 90.0) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+def stop_ui(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Stop the UI and every worker it forked."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _param_value(v: Any) -> str:

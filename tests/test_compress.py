@@ -71,9 +71,7 @@ def test_global_pruning_sparsity_is_the_requested_one(mlp, data, sparsity, sched
     assert cm.extra["sparsity"] == pytest.approx(zeros / n)
     assert cm.params == count_parameters(mlp)
     assert cm.params_nonzero == count_parameters(cm.model, nonzero=True) < count_parameters(mlp)
-    # biases are not pruned, and no pruning reparametrisation is left behind
-    for (m0, _), (m1, _) in zip(prunable_weights(mlp), prunable_weights(cm.model)):
-        assert torch.equal(m0.bias, m1.bias) or cfg.finetune_epochs
+    # no pruning reparametrisation is left behind
     assert not any(k.endswith(("_orig", "_mask")) for k in cm.model.state_dict())
 
 
@@ -87,6 +85,7 @@ def test_pruning_is_global_not_per_layer(mlp):
     kept = torch.cat([mp.weight[mp.weight != 0].abs() for mp, _ in prunable_weights(pruned)])
     removed = torch.cat([m0.weight[m1.weight == 0].abs() for (m0, _), (m1, _) in zip(prunable_weights(mlp), prunable_weights(pruned))])
     assert kept.min() >= removed.max()
+    assert all(torch.equal(m0.bias, m1.bias) for (m0, _), (m1, _) in zip(prunable_weights(mlp), prunable_weights(pruned)))
 
 
 def _copy(model: nn.Module) -> nn.Module:
@@ -131,7 +130,8 @@ def test_sparse_model_is_small_only_stored_compactly(mlp, data, tmp_path):
     cm = compress(mlp, "prune", CompressConfig(sparsity=0.9), data, seed=0)
     written = cm.save(tmp_path / "m.compact")
     assert written == os.path.getsize(tmp_path / "m.compact") == cm.size_bytes
-    torch.save(cm.model, tmp_path / "dense.pt")
+    with open(tmp_path / "dense.pt", "wb") as f:  # through a file object: the zip's record names do not depend on the path
+        torch.save(cm.model, f)
     dense = os.path.getsize(tmp_path / "dense.pt")
     assert cm.extra["dense_size_bytes"] == dense  # torch.save stores every zero
     assert written < 0.35 * dense, (written, dense)
@@ -280,11 +280,12 @@ def test_svd_error_is_what_the_dropped_singular_values_predict():
     for r in (1, 5, 12):
         f = factorize_linear(lin, r)
         w_r = f[1].weight @ f[0].weight
-        err = float(torch.linalg.matrix_norm(lin.weight - w_r))
+        err = float(torch.linalg.matrix_norm(lin.weight.detach() - w_r.detach()))
         assert err == pytest.approx(math.sqrt(float((s[r:] ** 2).sum())), rel=1e-4)
         x = torch.randn(7, 30)
         torch.testing.assert_close(f(x), nn.functional.linear(x, w_r, lin.bias))
-    assert float(torch.linalg.matrix_norm(lin.weight - factorize_linear(lin, 20)[1].weight @ factorize_linear(lin, 20)[0].weight)) < 1e-5
+    full = factorize_linear(lin, 20)
+    assert float(torch.linalg.matrix_norm(lin.weight.detach() - (full[1].weight @ full[0].weight).detach())) < 1e-5
 
 
 def test_conv_channel_decomposition_error_and_output():
@@ -300,8 +301,9 @@ def test_conv_channel_decomposition_error_and_output():
     assert err == pytest.approx(dropped_energy_error(s, r), rel=1e-4)
     x = torch.randn(5, 6, 40)
     torch.testing.assert_close(f(x), nn.functional.conv1d(x, w_r, conv.bias, stride=2, padding=1), atol=1e-5, rtol=1e-4)
-    conv2 = nn.Conv2d(4, 8, 3, padding=1)
-    torch.testing.assert_close(factorize_conv(conv2, 8 * 0 + 8)(torch.randn(2, 4, 6, 6)), conv2(torch.randn(2, 4, 6, 6) * 0 + 1) * 0 + factorize_conv(conv2, 8)(torch.randn(2, 4, 6, 6) * 0 + 1), atol=1e-4, rtol=1e-4)
+    conv2 = nn.Conv2d(4, 8, 3, padding=1)  # at full rank (8 = out channels) the decomposition is exact
+    x2 = torch.randn(2, 4, 6, 6)
+    torch.testing.assert_close(factorize_conv(conv2, 8)(x2), conv2(x2), atol=1e-5, rtol=1e-4)
 
 
 def test_lowrank_to_a_parameter_fraction(mlp, cnn, data):

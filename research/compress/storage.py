@@ -42,6 +42,13 @@ def file_bytes(path: str | os.PathLike) -> int:
     return os.path.getsize(path)
 
 
+def torch_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` through an open file: the zip's record names are then always
+    ``archive/...``, not derived from the file name, so the size does not depend on the path."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def _bytes_written(write) -> int:
     fd, path = tempfile.mkstemp(suffix=".bin")
     os.close(fd)
@@ -120,7 +127,7 @@ def save_compact(model: nn.Module, path: str | os.PathLike) -> int:
             tensors[name] = e
             p.data = torch.empty(0, dtype=p.dtype)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "module": skeleton, "tensors": tensors}, path)
+    torch_save({"format": FORMAT, "module": skeleton, "tensors": tensors}, path)
     return file_bytes(path)
 
 
@@ -142,7 +149,7 @@ def compact_size_bytes(model: nn.Module) -> int:
 
 def torch_save_bytes(obj: object) -> int:
     """Bytes of ``torch.save(obj)`` as really written (a module whole, or a state_dict)."""
-    return _bytes_written(lambda p: torch.save(obj, p))
+    return _bytes_written(lambda p: torch_save(obj, p))
 
 
 FORMATS: tuple[str, ...] = ("torch", "compact", "onnx", "state_dict")
@@ -158,13 +165,13 @@ def write_deployable(model: nn.Module, fmt: str, path: str | os.PathLike) -> int
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torch":
-        torch.save(model, path)
+        torch_save(model, path)
     elif fmt == "compact":
         return save_compact(model, path)
     elif fmt == "onnx":
         Path(path).write_bytes(model.model_bytes)
     elif fmt == "state_dict":
-        torch.save(model.state_dict(), path)
+        torch_save(model.state_dict(), path)
     else:
         raise ValueError(f"unknown deployable format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return file_bytes(path)
