@@ -407,8 +407,8 @@ class StudyConfig(RunConfig):
             raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
         base = flatten(self.model_dump(mode="json"))
         for key in self.search.params:
-            if key not in base or key.startswith(("search.", "sampler.", "pruner.", "objectives.", "tracking.", "data.")):
-                raise ValueError(f"search.params.{key}: not a searchable config key (e.g. train.lr, train.weight_decay)")
+            if not self._searchable(key, base):
+                raise ValueError(f"search.params.{key}: not a searchable config key (e.g. train.lr, train.weight_decay, student.args.widths)")
         names = set(self.searched_names())
         if not names:
             raise ValueError("search: nothing to search; give temperature, alpha, teacher_weights or params")
@@ -427,6 +427,19 @@ class StudyConfig(RunConfig):
                 if isinstance(space, FloatRange) and not space.low <= v <= space.high:
                     raise ValueError(f"enqueue.{i}.{k}: {v} is outside [{space.low}, {space.high}]")
         return self
+
+    def _searchable(self, key: str, base: dict[str, Any]) -> bool:
+        if key.startswith(("search.", "sampler.", "pruner.", "objectives.", "tracking.", "data.", "enqueue.")):
+            return False
+        if key in base or any(k.startswith(key + ".") for k in base):
+            return True
+        if key.startswith("student.args.") and self.student is not None and key.count(".") == 2:
+            try:  # a size argument the student's model accepts, left at its default in the file
+                validate_model_args(self.student.name, {key.rsplit(".", 1)[1]: None})
+            except ValueError:
+                return False
+            return True
+        return False
 
     def searched_names(self) -> list[str]:
         s = self.search

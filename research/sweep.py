@@ -10,6 +10,8 @@ COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED with the error as a tag.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import statistics
 import subprocess
@@ -25,7 +27,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from .config import ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, config_hash, parse
+from .config import Choice, ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, config_hash, parse
 from .pipeline import Teacher, load_run_data, obtain_teachers, train_student
 from .distill import TeacherLogitCache, normalize_teacher_weights
 from .tracking import DEFAULT_DIR, Tracker
@@ -124,7 +126,18 @@ def _suggest_one(trial: optuna.Trial, name: str, space) -> Any:
         return trial.suggest_float(name, space.low, space.high, log=space.log)
     if isinstance(space, IntRange):
         return trial.suggest_int(name, space.int_low, space.int_high, log=space.log)
-    return trial.suggest_categorical(name, space.choices)
+    if all(c is None or isinstance(c, (bool, int, float, str)) for c in space.choices):
+        return trial.suggest_categorical(name, space.choices)
+    # Optuna's choices must be scalars: lists (e.g. layer widths) travel as JSON text.
+    return json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in space.choices]))
+
+
+def _decode(cfg: StudyConfig, name: str, value: Any) -> Any:
+    """A trial's stored parameter back to its config value (see _suggest_one)."""
+    space = cfg.search.params.get(name)
+    if isinstance(space, Choice) and isinstance(value, str) and value not in space.choices:
+        return json.loads(value)
+    return value
 
 
 def trial_config(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
@@ -428,7 +441,8 @@ def finish_study(ctx_tracker: Tracker, study: optuna.Study, cfg: StudyConfig, *,
             if data_shape is None:
                 data = load_run_data(cfg, progress=False)
                 data_shape = (data.input_shape, data.num_classes, data.test.x[:2])
-            model = build_model(cfg.student.name, input_shape=data_shape[0], num_classes=data_shape[1], **cfg.student.args)
+            student = trial_config(cfg, _values_of(t, cfg)).student  # the trial may have searched its size
+            model = build_model(student.name, input_shape=data_shape[0], num_classes=data_shape[1], **student.args)
             model.load_state_dict(tracker.load_state_dict(run_id))
             tracker.handle(run_id).log_model(model, input_example=data_shape[2])
             tracker.client.set_tag(run_id, "kept_model", "true")
@@ -464,7 +478,10 @@ def study_figures(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
         "parallel_coordinate": lambda: ovm.plot_parallel_coordinate(study, target=target, target_name=tname),
     }
     if len(done) >= 2 and len(study.best_trials[0].params if not multi else done[0].params) >= 2:
-        jobs["param_importances"] = lambda: ovm.plot_param_importances(study, target=target, target_name=tname)
+        # The importance evaluator ranks toward low targets: flip a maximised first objective.
+        flip = multi and cfg.objectives[0].direction == "maximize"
+        imp_target = (lambda t: -t.values[0]) if flip else target
+        jobs["param_importances"] = lambda: ovm.plot_param_importances(study, target=imp_target, target_name=tname)
     if "temperature" in done[0].params and "alpha" in done[0].params:
         jobs["contour_temperature_alpha"] = lambda: ovm.plot_contour(study, params=["temperature", "alpha"], target=target, target_name=tname)
     if multi:
@@ -472,8 +489,9 @@ def study_figures(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
     for name, job in jobs.items():
         try:
             ax = job()
-        except (ValueError, RuntimeError, ZeroDivisionError):
-            continue  # e.g. importances need variance across trials
+        except Exception as e:  # a plot that does not apply (e.g. importances without variance) is left out
+            logging.getLogger(__name__).warning("study plot %s skipped: %s", name, e)
+            continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
         fig.set_size_inches(8, 5.5)
         fig.tight_layout()
@@ -527,7 +545,7 @@ def _values_of(trial: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
         if k in ("temperature", "alpha"):
             values[f"distill.{k}"] = v
         elif not k.startswith("w_"):
-            values[k] = v
+            values[k] = _decode(cfg, k, v)
     if "teacher_weights" in trial.user_attrs:
         values["distill.teacher_weights"] = trial.user_attrs["teacher_weights"]
     return values
