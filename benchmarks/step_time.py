@@ -13,7 +13,7 @@ Engine and hand-written arms run in alternating blocks (ABBA order), repeated;
 figures are medians over the repeats. Run from the repository root:
 
     python benchmarks/step_time.py            # full run, writes benchmarks/results/step_time.md
-    python benchmarks/step_time.py --quick    # smoke run
+    python benchmarks/step_time.py --quick    # smoke run (report to /tmp/step_time_quick.md)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import platform
 import pstats
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -209,8 +210,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="steps per timed block in (a) (default 400; 60 with --quick)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on a shared machine)")
     ap.add_argument("--cache-dir", default=".cache", help="where MNIST-1D and its transfer set are generated/cached")
-    ap.add_argument("--out", type=Path, default=OUT, help="markdown report (default benchmarks/results/step_time.md)")
+    ap.add_argument("--out", type=Path, default=None, help="markdown report (default benchmarks/results/step_time.md; with --quick a file in /tmp)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "step_time_quick.md" if args.quick else OUT
     repeats = args.repeats or (2 if args.quick else 7)
     steps = args.steps or (60 if args.quick else 400)
     fit_epochs = 2 if args.quick else 10  # 36 steps an epoch

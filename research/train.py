@@ -10,6 +10,7 @@ here).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -145,11 +146,11 @@ def fit(
                 else:
                     idx_for_cache = idx
                 out = train_step(task, optimizer, x, y, idx_for_cache)
-                loss = out.losses["loss"].detach()
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(f"training loss became {float(loss)} at epoch {epoch}, step {i // cfg.batch_size + 1}")
-                for k, v in out.losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+                values = {k: v.detach().item() for k, v in out.losses.items()}
+                if not math.isfinite(values["loss"]):
+                    raise NonFiniteLossError(f"training loss became {values['loss']} at epoch {epoch}, step {i // cfg.batch_size + 1}")
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
                 bar.update(1)
             lr = optimizer.param_groups[0]["lr"]
             if scheduler is not None:

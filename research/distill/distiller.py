@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .loss import kd_loss_terms, normalize_teacher_weights
+from .loss import kd_loss_terms, masked_cross_entropy, normalize_teacher_weights
 
 
 @dataclass
@@ -44,10 +43,9 @@ class SupervisedTask:
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> StepOutput:
         logits = self.model(x)
-        labelled = y >= 0
-        if not labelled.any():
+        if (y < 0).all():
             raise ValueError("a supervised batch holds no labelled sample (labels < 0 mark unlabeled data)")
-        loss = F.cross_entropy(logits[labelled], y[labelled])
+        loss = masked_cross_entropy(logits, y)
         return StepOutput(logits, {"loss": loss, "hard": loss.detach()})
 
 
@@ -130,7 +128,7 @@ class Distiller:
             y,
             temperature=self.temperature,
             alpha=self.alpha,
-            teacher_weights=self.teacher_weights,
+            teacher_weights=self.teacher_weights if len(self.teachers) > 1 else None,
             combine=self.combine,
         )
         return StepOutput(logits, {"loss": terms.loss, "hard": terms.hard, "soft": terms.soft})

@@ -64,6 +64,8 @@ def teacher_log_probs(
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
     stacked = _stack(teacher_logits)  # [K, B, C]
+    if stacked.shape[0] == 1:  # one teacher: no mixing (and no per-step weight checks)
+        return F.log_softmax(stacked[0] / temperature, dim=-1)
     w = normalize_teacher_weights(teacher_weights, stacked.shape[0]).to(stacked)
     if combine == "logits":
         mixed = (w.view(-1, 1, 1) * stacked).sum(0)
@@ -93,15 +95,23 @@ def kd_loss_terms(
         raise ValueError(f"teacher logits {tuple(log_p.shape)} do not match student logits {tuple(student_logits.shape)}")
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
     # kl_div(input=log q, target=log p, log_target=True) = p * (log p - log q), summed over classes.
-    soft = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean()
-
-    if labels is not None and (labels >= 0).any():
-        labelled = labels >= 0
-        hard = F.cross_entropy(student_logits[labelled], labels[labelled])
-    else:
-        hard = student_logits.new_zeros(())
+    soft = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    hard = masked_cross_entropy(student_logits, labels)
     loss = alpha * hard + (1.0 - alpha) * temperature**2 * soft
     return KDTerms(loss=loss, hard=hard.detach(), soft=soft.detach())
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """Mean CE over the samples with a label (>= 0); 0 when there are none."""
+    if labels is None:
+        return logits.new_zeros(())
+    n_labelled = int((labels >= 0).sum())
+    if n_labelled == len(labels):  # the common case, without a gather/scatter
+        return F.cross_entropy(logits, labels)
+    if n_labelled == 0:
+        return logits.new_zeros(())
+    labelled = labels >= 0
+    return F.cross_entropy(logits[labelled], labels[labelled])
 
 
 def kd_loss(
