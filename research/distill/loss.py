@@ -150,4 +150,6 @@ def _stack(teacher_logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tenso
     logits = list(teacher_logits)
     if not logits:
         raise ValueError("at least one teacher's logits are needed")
+    if len(logits) == 1:  # a view, no copy
+        return logits[0].detach().unsqueeze(0)
     return torch.stack([t.detach() for t in logits])
