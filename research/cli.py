@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="student seeds (default: the config's seed); mean and spread are shown")
 
+    p = sub.add_parser("compress", help="a compression baseline (prune, quantize, low-rank, ONNX, transfer) measured like a distillation run",
+                       description="Compress the config's teacher (or a distilled or fresh student, see compress_source) with the "
+                                   "config's compress: section, evaluate it like a distillation run and log it to MLflow.")
+    _add_config_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="seeds (default: the config's seed)")
+
+    p = sub.add_parser("compare", help="distillation and every compression baseline side by side at matched budgets",
+                       description="Run every method of the config's compare: section at each budget (x fewer parameters than "
+                                   "the teacher) and seed into one MLflow experiment, then write the table and Pareto charts.")
+    _add_config_args(p)
+    p.add_argument("--out", help="folder for the table and charts (default: reports/NAME)")
+
     _add_study_parsers(sub)
 
     p = sub.add_parser("ui", help="start the MLflow UI on this project's tracking store",
@@ -163,6 +175,45 @@ def cmd_distill(args: argparse.Namespace) -> int:
     results = run_distillation(cfg, tracker, seeds=seeds, config_path=args.config, progress=not args.no_progress)
     print(format_table(summarize(results)))
     _print_ui_hint(tracker)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    try:
+        cfg = _load(args)
+        if cfg.compress is None:
+            raise ConfigError(f"{args.config}: compress: this command needs a compress: section (method, sparsity, ...)")
+    except ConfigError as e:
+        return _fail(str(e))
+    from .pipeline import compress_run, load_run_data, obtain_teachers, summarize
+    from .tracking import Tracker
+
+    tracker = Tracker(cfg.tracking.uri)
+    data = load_run_data(cfg, progress=not args.no_progress)
+    results = []
+    teachers = obtain_teachers(cfg, data, tracker, config_path=args.config, progress=not args.no_progress, on_trained=results.append)
+    for seed in args.seeds or [cfg.seed]:
+        results.append(compress_run(cfg, data, tracker, seed=seed, teachers=teachers, config_path=args.config, progress=not args.no_progress))
+    print(format_table(summarize(results)))
+    _print_ui_hint(tracker)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_compare_config
+
+    try:
+        cfg = load_compare_config(args.config, args.overrides)
+    except ConfigError as e:
+        return _fail(str(e))
+    from .compare import run_comparison
+
+    out = Path(args.out or Path("reports") / cfg.name)
+    table_path = run_comparison(cfg, out, config_path=args.config, progress=not args.no_progress)
+    print(table_path.read_text())
+    print(f"wrote {table_path} and the Pareto charts beside it")
     return 0
 
 
@@ -406,7 +457,8 @@ def _study_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "study": cmd_study, "ui": cmd_ui}
+COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "compress": cmd_compress, "compare": cmd_compare,
+            "study": cmd_study, "ui": cmd_ui}
 
 
 if __name__ == "__main__":

@@ -104,6 +104,56 @@ def teacher_augment_flag(teacher: TeacherConfig, data: DataConfig) -> bool:
     return data.augment if teacher.augment is None else teacher.augment
 
 
+# ---------------------------------------------------------------- compression baselines
+
+Method = Literal["none", "prune", "quantize", "lowrank", "onnx", "transfer"]
+METHODS: tuple[str, ...] = Method.__args__
+
+
+class CompressConfig(Strict):
+    method: Method = "prune"
+
+    # prune: unstructured = fraction of the Linear/Conv weights set to zero (global magnitude,
+    # exact to the weight); structured = fraction of the model's parameters removed
+    # (whole neurons/channels; met from below as closely as channel counts allow).
+    sparsity: float = Field(0.5, ge=0, lt=1)
+    structured: bool = False
+    schedule: Literal["one_shot", "iterative"] = "one_shot"
+    iterative_steps: int = Field(3, ge=1, le=100)  # iterative: prune/fine-tune rounds
+
+    # lowrank: one global rank (capped per layer), or the fraction of the model's parameters
+    # kept (ranks by one shared singular-value energy threshold); layers that would not shrink stay dense.
+    rank: int | None = Field(None, ge=1)
+    param_fraction: float | None = Field(None, gt=0, lt=1)
+
+    # quantize
+    bits: Literal[8] = 8
+    backend: Literal["onnxruntime", "torch", "torchao"] = "onnxruntime"
+    quant_mode: Literal["auto", "dynamic", "static"] = "auto"  # auto: static when the model has convs
+    calibration_samples: int = Field(512, ge=1)
+
+    # fine-tuning after prune / lowrank (0 = none), and the fine-tuning of `transfer`
+    finetune_epochs: int = Field(0, ge=0)
+    finetune_lr: float | None = Field(None, gt=0)  # None: the TrainConfig's lr
+
+    # transfer: pretrain on a source task, then fine-tune on the real one
+    source: Literal["mnist1d_seed", "label_subset"] = "mnist1d_seed"
+    source_seed: int = 7  # mnist1d_seed: generation seed of the source task (42 is the target's)
+    source_samples: int = Field(4000, ge=10)  # mnist1d_seed: labelled source samples generated
+    source_classes: int = Field(5, ge=2)  # label_subset: pretrain on classes 0..source_classes-1
+    pretrain_epochs: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CompressConfig":
+        if self.method == "lowrank" and (self.rank is None) == (self.param_fraction is None):
+            raise ValueError("lowrank needs exactly one of rank or param_fraction")
+        if self.method == "transfer" and self.finetune_epochs < 1:
+            raise ValueError("transfer needs finetune_epochs >= 1 (the fine-tuning on the target task)")
+        if self.method == "transfer" and self.source == "mnist1d_seed" and self.source_seed == 42:
+            raise ValueError("source_seed 42 is the seed of MNIST-1D's own samples; pick another")
+        return self
+
+
 class DistillConfig(Strict):
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.1, ge=0, le=1)  # weight of the hard-label term
@@ -148,12 +198,24 @@ class RunConfig(Strict):
     baseline_train: TrainConfig | None = None  # the student alone's training, when it differs from `train`
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # A compression baseline instead of distillation (`research compress`, or a study over its knobs).
+    compress: CompressConfig | None = None
+    # What is compressed: the (first) teacher, a student distilled first (distil then compress),
+    # or a fresh student (for transfer: pretrained on a source task, fine-tuned here).
+    compress_source: Literal["teacher", "distilled", "student"] = "teacher"
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
         for i, t in enumerate(self.teachers):
             if t.augment and self.data.dataset == "mnist1d":
                 raise ValueError(f"teachers.{i}.augment: no augmentation is defined for mnist1d")
+        if self.compress is not None:
+            if self.compress_source in ("distilled", "student") and self.student is None:
+                raise ValueError(f"compress_source: {self.compress_source} needs a student model")
+            if self.compress_source in ("teacher", "distilled") and not self.teachers:
+                raise ValueError(f"compress_source: {self.compress_source} needs a teacher")
+            if self.compress.method == "transfer" and self.compress_source != "student":
+                raise ValueError("compress.method: transfer trains a fresh student; set compress_source: student")
         w = self.distill.teacher_weights
         if w is not None and len(w) != len(self.teachers):
             raise ValueError(f"distill.teacher_weights has {len(w)} values for {len(self.teachers)} teachers")
@@ -418,6 +480,8 @@ class StudyConfig(RunConfig):
             unknown = set(self.sampler.grid) - names
             if unknown:
                 raise ValueError(f"sampler.grid: {', '.join(sorted(unknown))} not searched; searched: {', '.join(sorted(names))}")
+        if "enqueue" not in self.model_fields_set:  # the published defaults, where they were searched
+            self.__dict__["enqueue"] = [p for p in self.enqueue if set(p) <= names]
         for i, point in enumerate(self.enqueue):
             unknown = set(point) - names
             if unknown:
@@ -464,6 +528,67 @@ def load_study_config(path: str | Path, overrides: list[str] | None = None, *, c
     if isinstance(raw["tracking"], dict) and "experiment" not in raw["tracking"] and "name" in raw:
         raw["tracking"]["experiment"] = raw["name"]  # one experiment per study
     cfg = parse(StudyConfig, raw, source=str(path))
+    if check_files:
+        check_run_files(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------- comparisons
+
+
+class CompareMethod(Strict):
+    """One series of a comparison: how a model of each budget is obtained."""
+
+    label: str
+    kind: Literal["distill", "student", "compress"]
+    # compress: the knobs; sparsity (prune) or param_fraction (lowrank) follow each budget.
+    compress: CompressConfig | None = None
+    compress_source: Literal["teacher", "distilled", "student"] = "teacher"
+    per_budget: bool = True  # false: one row whatever the budget (e.g. int8 of the teacher)
+    budget_knobs: bool = True  # false: keep the given sparsity / rank (e.g. pruning an already small student)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CompareMethod":
+        if self.kind == "compress" and self.compress is None:
+            raise ValueError(f"{self.label}: kind compress needs a compress: section")
+        if self.kind != "compress" and self.compress is not None:
+            raise ValueError(f"{self.label}: compress: is only read for kind compress")
+        return self
+
+
+class CompareSpec(Strict):
+    budgets: list[float] = Field(default_factory=lambda: [2.0, 4.0, 8.0])  # x fewer parameters than the teacher
+    students: dict[float, ModelSpec] = Field(default_factory=dict)  # a student architecture for each budget
+    methods: list[CompareMethod] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CompareSpec":
+        if any(b <= 1 for b in self.budgets):
+            raise ValueError(f"budgets must be above 1 (x fewer parameters), got {self.budgets}")
+        needs_students = any(m.kind in ("distill", "student") or m.compress_source != "teacher" for m in self.methods)
+        missing = [b for b in self.budgets if b not in self.students]
+        if needs_students and missing:
+            raise ValueError(f"students: no student architecture for budget(s) {missing}")
+        labels = [m.label for m in self.methods]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"methods: labels must be unique, got {labels}")
+        return self
+
+
+class CompareConfig(RunConfig):
+    compare: CompareSpec
+    baseline: bool = False
+
+
+def load_compare_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> CompareConfig:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw.setdefault("tracking", {})
+    if isinstance(raw["tracking"], dict) and "experiment" not in raw["tracking"] and "name" in raw:
+        raw["tracking"]["experiment"] = raw["name"]
+    cfg = parse(CompareConfig, raw, source=str(path))
+    if not cfg.teachers:
+        raise ConfigError(f"{path}: teachers: a comparison needs a teacher (the model every method shrinks)")
     if check_files:
         check_run_files(cfg)
     return cfg

@@ -78,7 +78,10 @@ def saved_model_bytes(model: nn.Module) -> int:
     fd, path = tempfile.mkstemp(suffix=".pt")
     os.close(fd)
     try:
-        torch.save(model, path)
+        # Through a file object: torch.save(model, path) stores the file name inside the archive,
+        # so the same model would count different bytes under different names.
+        with open(path, "wb") as f:
+            torch.save(model, f)
         return os.path.getsize(path)
     finally:
         os.remove(path)

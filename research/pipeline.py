@@ -5,6 +5,7 @@ evaluation -> tracking. The CLI and the study code both call these functions.
 from __future__ import annotations
 
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -32,10 +33,11 @@ class Teacher:
 
 @dataclass
 class RunResult:
-    role: str  # teacher | student | distill
+    role: str  # teacher | student | distill | compress | trial | final_*
     seed: int
     run_id: str | None
     metrics: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = field(default=None, repr=False)
 
 
 def load_run_data(cfg: RunConfig, *, progress: bool = True) -> DataBundle:
@@ -119,7 +121,7 @@ def train_teacher(
         metrics = {**evaluate_run(model, data, cfg), "train_time_s": history.wall_time_s}
         run.log_metrics(metrics, step=len(history.epochs))  # the final evaluation is of the last epoch
         run.log_model(model, input_example=data.test.x[:2])  # always: reusing a teacher loads it from here
-    return Teacher(model, run.run_id, key), RunResult("teacher", tc.seed, run.run_id, metrics)
+    return Teacher(model, run.run_id, key), RunResult("teacher", tc.seed, run.run_id, metrics, model)
 
 
 def obtain_teachers(
@@ -262,7 +264,86 @@ def train_student(
                 run.log_state_dict(student)
             metrics["tracking_time_s"] = run.seconds
             run.log_metrics({"tracking_time_s": run.seconds}, step=len(history.epochs))
-    return RunResult(role, seed, run.run_id if run is not None else None, metrics)
+    return RunResult(role, seed, run.run_id if run is not None else None, metrics, student)
+
+
+def method_label(cfg: RunConfig) -> str:
+    """A readable name for what a run does, used as its ``method`` tag (one series per method in reports)."""
+    c = cfg.compress
+    if c is None:
+        return "distill"
+    if c.method == "prune":
+        name = "prune_structured" if c.structured else "prune"
+        name += "_iterative" if c.schedule == "iterative" else ""
+    elif c.method == "quantize":
+        name = f"int8_{c.backend}"
+    else:
+        name = c.method
+    return f"distill+{name}" if cfg.compress_source == "distilled" else name
+
+
+def compress_run(
+    cfg: RunConfig,
+    data: DataBundle,
+    tracker: Tracker,
+    *,
+    seed: int,
+    teachers: Sequence[Teacher] = (),
+    role: str = "compress",
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, Any] | None = None,
+    extra_params: dict[str, Any] | None = None,
+    killed_on: Sequence[type[BaseException]] = (),
+    config_path: str | Path | None = None,
+    progress: bool = True,
+    cache: TeacherLogitCache | None = None,
+    on_run_start: Callable[[str], None] | None = None,
+) -> RunResult:
+    """One compression baseline as one MLflow run, measured like a distillation run:
+    the teacher (or a distilled or fresh student) compressed by ``cfg.compress``."""
+    from .compress import compress, compressed_deployment_metrics
+
+    assert cfg.compress is not None
+    label = method_label(cfg)
+    base_run_id = None
+    if cfg.compress_source == "teacher":
+        base, base_run_id = teachers[0].model, teachers[0].run_id
+    elif cfg.compress_source == "distilled":
+        distilled = train_student(cfg, data, tracker, seed=seed, teachers=teachers, role="distill_base", parent_run_id=parent_run_id,
+                                  run_name=f"{run_name or label}-base", progress=progress, cache=cache, log_model=False, log_weights=True,
+                                  extra_tags=extra_tags)
+        base, base_run_id = distilled.model, distilled.run_id
+    else:
+        assert cfg.student is not None
+        seed_everything(seed, cfg.train.deterministic)
+        base = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
+    tags = {"method": label, "role": role, "dataset": cfg.data.dataset, "seed": seed, "compress_source": cfg.compress_source,
+            "base_run_id": base_run_id, "teacher_run_id": ",".join(t.run_id for t in teachers if t.run_id) or None,
+            "config_hash": config_hash(cfg), **(extra_tags or {})}
+    params = {"seed": seed, **flatten(cfg.model_dump(mode="json")), **(extra_params or {})}
+    with tracker.run(cfg.tracking.experiment, run_name or f"{label}-seed{seed}", tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) as run:
+        if on_run_start is not None:
+            on_run_start(run.run_id)
+        run.log_params(params)
+        _log_config(run, cfg, config_path)
+        t0 = time.perf_counter()
+        # Fine-tuning distils from the teacher when the compressed model is a distilled student.
+        teacher = teachers[0].model if cfg.compress_source == "distilled" and teachers else None
+        cm = compress(base, None, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teacher=teacher, distill=cfg.distill,
+                      cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=progress)
+        compress_time = time.perf_counter() - t0
+        metrics = evaluate_run(cm.model, data, cfg, teachers=[t.model for t in teachers], teacher_weights=cfg.distill.teacher_weights,
+                               combine=cfg.distill.combine, with_deployment=False)
+        metrics.update(compressed_deployment_metrics(cm, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads))
+        metrics.update(cm.extra)
+        metrics["compress_time_s"] = compress_time
+        run.log_metrics(metrics)
+        run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.fmt})
+        run.log_deployable(cm)
+        if cfg.tracking.log_model and cm.fmt in ("torch", "compact", "onnx"):
+            run.log_model(cm.model, input_example=data.test.x[:2])
+    return RunResult(role, seed, run.run_id, metrics, cm.model)
 
 
 def run_distillation(

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from .config import Choice, ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, config_hash, parse
-from .pipeline import Teacher, load_run_data, obtain_teachers, train_student
+from .pipeline import Teacher, compress_run, load_run_data, obtain_teachers, train_student
 from .distill import TeacherLogitCache, normalize_teacher_weights
 from .tracking import DEFAULT_DIR, Tracker
 
@@ -186,6 +186,15 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
         values = suggest(trial, cfg)
         tcfg = trial_config(cfg, values)
         callbacks = [] if ctx.multi_objective or cfg.pruner.name == "none" else [_pruning_callback(trial)]
+        if tcfg.compress is not None:  # a compression baseline's knobs are searched
+            result = compress_run(
+                tcfg, ctx.data, ctx.tracker, seed=cfg.seed, teachers=ctx.teachers, role="trial", run_name=f"trial-{trial.number:03d}",
+                parent_run_id=ctx.parent_run_id, extra_tags={"study": ctx.study.study_name, "trial_number": trial.number,
+                                                             "enqueued": bool(trial.user_attrs.get("enqueued"))},
+                extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
+                progress=ctx.progress, cache=ctx.cache, on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            )
+            return _objective_values(cfg, result.metrics)
         result = train_student(
             tcfg,
             ctx.data,
@@ -207,10 +216,14 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
         )
         for k in ("tracking_time_s", "train_time_s", "test_accuracy"):
             trial.set_user_attr(k, result.metrics.get(k))
-        objective_values = tuple(float(result.metrics[o.metric]) for o in cfg.objectives)
-        return objective_values[0] if len(objective_values) == 1 else objective_values
+        return _objective_values(cfg, result.metrics)
 
     return objective
+
+
+def _objective_values(cfg: StudyConfig, metrics: dict[str, float]) -> float | tuple[float, ...]:
+    values = tuple(float(metrics[o.metric]) for o in cfg.objectives)
+    return values[0] if len(values) == 1 else values
 
 
 def _pruning_callback(trial: optuna.Trial):

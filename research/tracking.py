@@ -143,6 +143,15 @@ class RunHandle:
             self.client.log_artifacts(self.run_id, str(local), artifact_path)
 
     @_timed
+    def log_deployable(self, compressed: Any, artifact_dir: str = "deployable") -> None:
+        """The compressed model's deployable file (compact sparse, ONNX, ...) as written."""
+        suffix = {"onnx": ".onnx", "compact": ".compact.pt"}.get(compressed.fmt, ".pt")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"model{suffix}"
+            compressed.save(path)
+            self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    @_timed
     def log_state_dict(self, model: Any, artifact_file: str = "weights.pt") -> None:
         import torch
 

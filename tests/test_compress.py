@@ -235,6 +235,19 @@ def test_int8_onnx_is_smaller_than_float_onnx_and_reloads(mlp, data, tmp_path):
     assert torch.equal(predict(again, data.test.x), predict(q.model, data.test.x))
 
 
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_int8_cnn_reloads_whole_and_through_mlflow(backend, cnn, data, tmp_path):
+    cm = compress(cnn, "quantize", CompressConfig(backend=backend, calibration_samples=128), data, seed=0)
+    logits = predict(cm.model, data.test.x)
+    torch.save(cm.model, tmp_path / "q.pt")  # torch 2.14's quantized convs need research's pickling fix for this
+    assert torch.equal(predict(torch.load(tmp_path / "q.pt", weights_only=False), data.test.x), logits)
+    tracker = Tracker(uri=f"sqlite:///{tmp_path}/m.db")
+    with tracker.run("compress", backend) as handle:
+        handle.log_model(cm.model, input_example=data.test.x[:2])
+    assert torch.equal(predict(tracker.load_model(f"runs:/{handle.run_id}/model"), data.test.x), logits)
+
+
 def test_torch_static_int8_explains_residual_networks():
     from research.compress.quantize import quantize_int8
 
@@ -297,7 +310,7 @@ def test_conv_channel_decomposition_error_and_output():
     # the composed kernel is the rank-r approximation of W reshaped to [out, in*k]
     w_r = torch.einsum("or,rik->oik", f[1].weight[:, :, 0], f[0].weight)
     _, _, s = svd_factors(conv.weight, r)
-    err = float(torch.linalg.matrix_norm((conv.weight - w_r).reshape(12, -1)))
+    err = float(torch.linalg.matrix_norm((conv.weight - w_r).detach().reshape(12, -1)))
     assert err == pytest.approx(dropped_energy_error(s, r), rel=1e-4)
     x = torch.randn(5, 6, 40)
     torch.testing.assert_close(f(x), nn.functional.conv1d(x, w_r, conv.bias, stride=2, padding=1), atol=1e-5, rtol=1e-4)
@@ -310,9 +323,11 @@ def test_lowrank_to_a_parameter_fraction(mlp, cnn, data):
     for model in (mlp, cnn):
         cm = compress(model, "lowrank", CompressConfig(method="lowrank", param_fraction=0.5, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
         frac = cm.params / count_parameters(model)
-        assert 0.35 < frac <= 0.55, frac
+        assert 0.4 < frac <= 0.5, frac  # a budget on the whole model, met from below
         assert cm.flops < count_flops(model, data.input_shape)
         assert accuracy(cm.model, data.test) > 0.3
+    with pytest.raises(ValueError, match="cannot keep"):
+        compress(cnn, "lowrank", CompressConfig(method="lowrank", param_fraction=0.01), data, seed=0)
     lin = nn.Linear(100, 100)
     assert layer_rank(lin, param_fraction=0.5) == 25  # 25 * (100 + 100) = half of 100 * 100
     assert layer_rank(nn.Linear(100, 10), rank=10) is None  # would not shrink: stays dense

@@ -29,7 +29,6 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from research.config import DistillConfig, TrainConfig
@@ -37,7 +36,7 @@ from research.data import DataBundle
 from research.evaluate import count_flops, count_parameters
 
 from .config import METHODS, CompressConfig, parse_compress_config
-from .finetune import finetune, finetune_config, finetuner, label_subset_source, mnist1d_source, pretrain_then_finetune
+from .finetune import finetune_config, finetuner, label_subset_source, mnist1d_source, pretrain_then_finetune
 from .lowrank import low_rank_factorize
 from .metrics import compressed_deployment_metrics, evaluate_compressed
 from .onnx_export import OrtModule, max_abs_difference, onnx_model, ort_latency_ms
@@ -54,6 +53,7 @@ __all__ = [
     "compressed_deployment_metrics",
     "evaluate_compressed",
     "load_compact",
+    "ort_latency_ms",
     "parse_compress_config",
     "save_compact",
 ]
@@ -129,6 +129,7 @@ def compress(
     cfg = _resolve(cfg, method)
     shape = data.input_shape
     work = copy.deepcopy(model)
+    work.requires_grad_(True)  # a frozen teacher is a valid input; its copy must be fine-tunable
     was_training = work.training
     ft = finetuner(data, finetune_cfg, lr=cfg.finetune_lr, seed=seed, teacher=teacher, distill=distill, progress=progress)
     steps = cfg.iterative_steps if cfg.schedule == "iterative" else 1

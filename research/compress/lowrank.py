@@ -14,8 +14,15 @@ U_r S_r^1/2, the original bias). Same error formula.
 
 A layer is factorised only when it shrinks: r * (in' + out) < out * in'
 (in' = in * prod(k)); otherwise it stays as it is. Ranks come from one global
-``rank`` (capped per layer) or from ``param_fraction``, the share of each
-layer's weight parameters kept: r = floor(f * out * in' / (out + in')).
+``rank`` (capped per layer) or from ``param_fraction``, the share of the
+*model's* parameters kept. For the latter every layer keeps the fewest
+singular values that retain one shared share ``e`` of its squared Frobenius
+norm, and ``e`` is found by bisection so that the model ends at most at
+``param_fraction`` of its parameters. Layers with little redundancy (a first
+convolution with 5 weights per filter, say) then stay nearly whole while the
+large, redundant ones shrink most. On the MNIST-1D CNN (89.3%, 20 epochs of
+fine-tuning) a uniform per-layer fraction (still there: :func:`layer_rank`)
+gave 74.9% / 46.2% at 2x / 4x fewer parameters, the energy rule 86.7% / 62.4%.
 """
 
 from __future__ import annotations
@@ -93,20 +100,64 @@ def layer_rank(m: nn.Module, *, rank: int | None = None, param_fraction: float |
     return r if r * (out + inn) < out * inn else None
 
 
+def _targets(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if name and _factorizable(m)]
+
+
+def _energy_rank(s: torch.Tensor, energy: float) -> int:
+    """The fewest leading singular values whose squares hold ``energy`` of the total."""
+    cum = s.double().pow(2).cumsum(0)
+    return int(torch.searchsorted(cum, energy * cum[-1]).clamp(max=len(s) - 1)) + 1
+
+
+def ranks_for_param_fraction(model: nn.Module, param_fraction: float, *, iters: int = 40) -> dict[str, int]:
+    """{layer name: rank} leaving at most ``param_fraction`` of the model's parameters, by one
+    shared energy threshold (layers absent from the result stay dense)."""
+    targets = _targets(model)
+    spectra = {name: torch.linalg.svdvals(m.weight.detach().reshape(m.weight.shape[0], -1).double()) for name, m in targets}
+    total = sum(p.numel() for p in model.parameters())
+    dense_weights = {name: m.weight.numel() for name, m in targets}
+
+    def plan(energy: float) -> tuple[dict[str, int], int]:
+        ranks, params = {}, total
+        for name, m in targets:
+            out, inn = m.weight.shape[0], m.weight[0].numel()
+            r = _energy_rank(spectra[name], energy)
+            if r * (out + inn) < out * inn:
+                ranks[name] = r
+                params += r * (out + inn) - dense_weights[name]
+        return ranks, params
+
+    budget = param_fraction * total
+    lo, hi = 0.0, 1.0  # energy 0 keeps one singular value per layer: the smallest the model gets
+    ranks, params = plan(lo)
+    if params > budget:
+        raise ValueError(f"low-rank factorisation cannot keep only {param_fraction:.1%} of the parameters of "
+                         f"{type(model).__name__}: rank 1 everywhere still leaves {params / total:.1%}")
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        trial, params = plan(mid)
+        if params <= budget:
+            lo, ranks = mid, trial
+        else:
+            hi = mid
+    return ranks
+
+
 def low_rank_factorize(model: nn.Module, *, rank: int | None = None, param_fraction: float | None = None) -> dict[str, int]:
-    """Replace (in place) every Linear and groups=1 convolution that shrinks by its
-    factorisation; returns {layer name: rank} of the layers replaced."""
+    """Replace (in place) Linear and groups=1 convolutions by their factorisations: every layer
+    that shrinks at ``rank``, or the layers and ranks of :func:`ranks_for_param_fraction`.
+    Returns {layer name: rank} of the layers replaced."""
     if (rank is None) == (param_fraction is None):
         raise ValueError("give exactly one of rank or param_fraction")
-    ranks: dict[str, int] = {}
-    targets = [(name, m) for name, m in model.named_modules() if name and _factorizable(m)]
-    for name, m in targets:
-        r = layer_rank(m, rank=rank, param_fraction=param_fraction)
-        if r is None:
-            continue
+    if param_fraction is not None:
+        ranks = ranks_for_param_fraction(model, param_fraction)
+    else:
+        ranks = {name: r for name, m in _targets(model) if (r := layer_rank(m, rank=rank)) is not None}
+    for name, r in ranks.items():
+        m = model.get_submodule(name)
         new = factorize_linear(m, r) if isinstance(m, nn.Linear) else factorize_conv(m, r)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
-        ranks[name] = r
     return ranks

@@ -4,30 +4,34 @@ What was chosen, and why (tried on this machine: torch 2.14.1 on an x86 CPU,
 torchao 0.18.0, onnxruntime 1.32.0, 1 thread):
 
 * ``onnxruntime`` (the default): export to ONNX, then
-  ``onnxruntime.quantization.quantize_dynamic`` (MatMul/Gemm only: int8 weights,
-  activations quantized on the fly) or ``quantize_static`` (QDQ format, int8
-  weights and int8 activations -- the S8S8 that ONNX Runtime recommends on
-  x86 -- calibrated by min/max on training samples) after ``quant_pre_process``.
-  Per-tensor, not per-channel, weight scales: on the MNIST-1D CNN (89.4% float)
-  per-channel lost 3 points (86.5%) where per-tensor kept 89.6%; percentile
-  and entropy calibration gave the same accuracies as min/max. Maintained, real int8 kernels on the
-  CPU, and a deployable file whose bytes are what is counted.
+  ``onnxruntime.quantization.quantize_dynamic`` (MatMul/Gemm only: int8
+  weights, activations quantized on the fly) or ``quantize_static`` (QDQ
+  format, int8 weights and int8 activations -- the S8S8 that ONNX Runtime
+  recommends on x86 -- calibrated by min/max on training samples) after
+  ``quant_pre_process``. Maintained, real int8 kernels on the CPU, and a
+  deployable file whose bytes are what is counted. Per-tensor, not
+  per-channel, weight scales: on the MNIST-1D CNN (89.4% float) per-channel
+  lost 3 points (86.5%) where per-tensor kept 89.6%; percentile and entropy
+  calibration gave the same accuracies as min/max.
 * ``torch``: ``torch.ao.quantization`` eager mode -- ``quantize_dynamic`` for
   Linear, and for convolutions ``QuantWrapper`` + ``prepare``/``convert`` with
   the x86 qconfig, calibrated on training samples. Deprecated in this torch
   (it warns that it will be removed), but it still has real x86 int8 kernels
-  and gives a plain module that saves whole and loads through MLflow. Eager
-  static quantization cannot run models that add tensors (residual ResNets):
-  that is reported as an error naming the onnxruntime backend.
+  and gives a module that saves whole and loads through MLflow (after a fix
+  for torch 2.14's quantized convolutions, which do not unpickle otherwise:
+  see ``_register_quantized_conv_pickling``). Eager static quantization cannot
+  run models that add tensors (residual ResNets): that is reported as an
+  error naming the onnxruntime backend.
 * ``torchao`` (the maintained PyTorch path): ``quantize_`` with
   ``Int8DynamicActivationInt8WeightConfig`` on Linear layers. It runs on the
-  CPU and is accurate, but measured here it is 15x (batch 1) to 28x
-  (batch 256) *slower* than float32 in eager mode and still ~27x slower at
-  batch 256 under ``torch.compile``; its static path (pt2e + X86InductorQuantizer)
-  is ~2x slower than float32 in eager mode and only matches it after
-  ``torch.compile``; and neither result pickles whole (``torch.save`` fails on
-  the int8 tensor subclass / exported graph), so it is stored as a state_dict.
-  Kept for comparison, dynamic Linear only; not the default.
+  CPU and is accurate, but on a 40-512-512-10 MLP it was 15x (batch 1) to 28x
+  (batch 256) *slower* than float32 in eager mode, and still 27x slower at
+  batch 256 under ``torch.compile``; its static path (pt2e with
+  X86InductorQuantizer) was 2x slower than float32 on a CNN in eager mode and
+  only matched it after ``torch.compile``; and neither result pickles whole
+  (``torch.save`` fails on the int8 tensor subclass and on the exported
+  graph), so its deployable form is a state_dict. Kept for comparison,
+  dynamic Linear only; not the default.
 
 Only 8 bits: the searchable ``bits`` knob exists for the study's sake.
 """
@@ -169,6 +173,7 @@ def _input_name(path: str) -> str:
 def _torch_ao(m: nn.Module, mode: str, calibration: torch.Tensor) -> Quantized:
     from torch.ao import quantization as tq
 
+    _register_quantized_conv_pickling()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation warnings, on every call
         if mode == "dynamic":
@@ -192,6 +197,34 @@ def _torch_ao(m: nn.Module, mode: str, calibration: torch.Tensor) -> Quantized:
                     "use backend 'onnxruntime' or quant_mode 'dynamic'"
                 ) from None
     return Quantized(TorchInt8(q), "torch", mode, {"engine": torch.backends.quantized.engine})
+
+
+def _rebuild_quantized_conv(cls: type, state: tuple) -> nn.Module:
+    """Unpickle a torch.ao quantized convolution the way its own ``__deepcopy__`` does."""
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    module.__setstate__(state)
+    return module
+
+
+def _reduce_quantized_conv(module: nn.Module):
+    return _rebuild_quantized_conv, (type(module), module.__getstate__())
+
+
+def _register_quantized_conv_pickling() -> None:
+    """torch 2.14's quantized convolutions do not unpickle: their ``__setstate__`` sets
+    attributes before ``nn.Module.__init__`` has run ("'Conv1d' object has no attribute
+    '_modules'"), so ``torch.save``/``torch.load`` and MLflow's pickle format fail on them.
+    Registered with ``copyreg`` (which pickle and cloudpickle both consult), they are
+    rebuilt as ``__deepcopy__`` rebuilds them."""
+    import copyreg
+
+    from torch.ao.nn import quantized as nnq
+
+    for name in ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"):
+        cls = getattr(nnq, name, None)
+        if cls is not None:
+            copyreg.pickle(cls, _reduce_quantized_conv)
 
 
 class TorchInt8(nn.Module):

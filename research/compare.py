@@ -1,0 +1,188 @@
+"""Distillation and every compression baseline side by side, at matched budgets.
+
+A comparison config names a teacher, the budgets (x fewer parameters than the
+teacher), a student architecture per budget, and the methods. Every
+(method, budget, seed) is one MLflow child run of a comparison parent run,
+tagged ``method`` (the series) and ``budget``; the table (mean ± std over
+seeds) and the Pareto charts (accuracy against bytes and against latency)
+go to a folder and onto the parent run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .config import CompareConfig, CompareMethod
+from .evaluate import count_parameters
+from .pipeline import RunResult, compress_run, load_run_data, obtain_teachers, train_student
+from .report import figures_to_files, markdown_table
+from .tracking import Tracker
+
+
+def run_config_for(cfg: CompareConfig, method: CompareMethod, budget: float | None):
+    """The run config of one (method, budget): the budget's student, and the
+    compression knob that meets the budget (sparsity for pruning, kept
+    parameter fraction for low rank)."""
+    update: dict[str, Any] = {"compress": None}
+    if budget is not None and budget in cfg.compare.students:
+        update["student"] = cfg.compare.students[budget]
+    if method.kind == "compress":
+        c = method.compress
+        knobs: dict[str, Any] = {}
+        if method.per_budget and method.budget_knobs and budget is not None:
+            if c.method == "prune":
+                knobs["sparsity"] = 1.0 - 1.0 / budget
+            elif c.method == "lowrank":
+                knobs = {"param_fraction": 1.0 / budget, "rank": None}
+        update["compress"] = c.model_copy(update=knobs)
+        update["compress_source"] = method.compress_source
+    return cfg.model_copy(update=update)
+
+
+def run_comparison(cfg: CompareConfig, out_dir: str | Path, *, config_path: str | Path | None = None, progress: bool = True) -> Path:
+    tracker = Tracker(cfg.tracking.uri)
+    data = load_run_data(cfg, progress=progress)
+    teachers = obtain_teachers(cfg, data, tracker, config_path=config_path, progress=progress)
+    teacher_params = count_parameters(teachers[0].model)
+    jobs = [(m, b) for m in cfg.compare.methods for b in (cfg.compare.budgets if m.per_budget else [None])]
+    parent = tracker.start(cfg.tracking.experiment, f"compare-{cfg.name}",
+                           tags={"role": "comparison", "method": "comparison", "dataset": cfg.data.dataset})
+    results: list[dict[str, Any]] = []
+    try:
+        parent.log_params({"budgets": cfg.compare.budgets, "seeds": cfg.compare.seeds, "methods": [m.label for m in cfg.compare.methods],
+                           "teacher_params": teacher_params})
+        if config_path is not None:
+            parent.log_artifact(config_path, "config")
+        bar = tqdm(total=len(jobs) * len(cfg.compare.seeds), desc=f"compare {cfg.name}", unit="run", disable=not progress, dynamic_ncols=True)
+        with bar:
+            for method, budget in jobs:
+                run_cfg = run_config_for(cfg, method, budget)
+                for seed in cfg.compare.seeds:
+                    bar.set_postfix(method=method.label, budget=budget)
+                    r = _one_run(run_cfg, method, budget, seed, data, teachers, tracker, parent.run_id, cfg.name)
+                    results.append({"method": method.label, "budget": budget, "seed": seed, "run_id": r.run_id, **r.metrics})
+                    bar.update(1)
+        teacher_metrics = dict(tracker.get_run(teachers[0].run_id).data.metrics) if teachers[0].run_id else {}
+        if teacher_metrics:
+            results.append({"method": "teacher", "budget": 1.0, "seed": -1, "run_id": teachers[0].run_id, **teacher_metrics})
+        rows = comparison_rows(results, teacher_params)
+        figures = comparison_figures(rows)
+        files = figures_to_files(figures, out_dir)
+        md = comparison_markdown(cfg.name, rows, teacher_params=teacher_params, seeds=cfg.compare.seeds, figure_files=files)
+        table = Path(out_dir) / "comparison.md"
+        table.write_text(md)
+        parent.log_text(md, "report/comparison.md")
+        for f in files:
+            parent.log_artifact(f, "report")
+        for name, mean in _best_per_method(rows).items():
+            parent.log_metrics({f"best_test_accuracy.{name.replace('+', '_then_')}": mean})  # "+" is not allowed in metric names
+    except BaseException as e:
+        parent.set_tags({"error": " ".join(f"{type(e).__name__}: {e}".split())[:500]})
+        tracker.end(parent, "FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
+        raise
+    tracker.end(parent, "FINISHED")
+    return table
+
+
+def _one_run(run_cfg, method: CompareMethod, budget, seed, data, teachers, tracker, parent_id, name) -> RunResult:
+    tags = {"method": method.label, "budget": budget, "comparison": name}
+    run_name = f"{method.label}-{budget:g}x-seed{seed}" if budget else f"{method.label}-seed{seed}"
+    common = dict(seed=seed, role="compare", run_name=run_name, parent_run_id=parent_id, extra_tags=tags, progress=False)
+    if method.kind == "distill":
+        return train_student(run_cfg, data, tracker, teachers=teachers, log_model=False, log_weights=True, **common)
+    if method.kind == "student":
+        return train_student(run_cfg, data, tracker, log_model=False, log_weights=True, **common)
+    return compress_run(run_cfg, data, tracker, teachers=teachers, **common)
+
+
+def _best_per_method(rows: list[dict[str, Any]]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for r in rows:
+        best[r["method"]] = max(best.get(r["method"], 0.0), r["test_accuracy"])
+    return best
+
+
+def comparison_rows(results: list[dict[str, Any]], teacher_params: int) -> list[dict[str, Any]]:
+    """One row per (method, budget): mean and std over seeds of the metrics that matter."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    rows = []
+    for (method, budget), group in groups.items():
+        row: dict[str, Any] = {"method": method, "budget": budget, "runs": len(group)}
+        for key in ("test_accuracy", "val_accuracy", "params", "params_nonzero", "size_bytes", "latency_b1_ms", "latency_b256_ms", "flops"):
+            vals = [g[key] for g in group if key in g]
+            if vals:
+                row[key] = statistics.fmean(vals)
+                row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        nz = row.get("params_nonzero", row.get("params"))
+        row["reduction"] = teacher_params / nz if nz else None
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["budget"] or 0, r["method"]))
+
+
+def comparison_markdown(name: str, rows: list[dict[str, Any]], *, teacher_params: int, seeds: list[int], figure_files=()) -> str:
+    shown = []
+    for r in rows:
+        shown.append({
+            "method": r["method"], "budget": "-" if r["budget"] is None else f"{r['budget']:g}x",
+            "test accuracy": f"{100 * r['test_accuracy']:.2f} ± {100 * r.get('test_accuracy_std', 0):.2f}",
+            "non-zero params": f"{r.get('params_nonzero', r.get('params', 0)):,.0f}",
+            "reduction": "-" if r["reduction"] is None else f"{r['reduction']:.1f}x",
+            "bytes": f"{r.get('size_bytes', 0):,.0f}",
+            "latency b1 ms": f"{r.get('latency_b1_ms', float('nan')):.3f}",
+            "latency b256 ms": f"{r.get('latency_b256_ms', float('nan')):.2f}",
+        })
+    cols = [(k, k) for k in ("method", "budget", "test accuracy", "non-zero params", "reduction", "bytes", "latency b1 ms", "latency b256 ms")]
+    lines = [f"# Comparison `{name}`", "",
+             f"Teacher: {teacher_params:,} parameters. Budgets are x fewer parameters than the teacher; test accuracy in %, "
+             f"mean ± std over seeds {seeds} (the teacher row: its own run). Latency: CPU, 1 thread, median.", "",
+             markdown_table(shown, cols), ""]
+    lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figure_files]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pareto charts: test accuracy against bytes on disk and against latency, one series per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    for key, label, fname in (("size_bytes", "bytes of the saved model", "pareto_accuracy_vs_size"),
+                              ("latency_b1_ms", "CPU latency at batch 1 (ms)", "pareto_accuracy_vs_latency")):
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        pts = [r for r in rows if key in r]
+        colors = plt.get_cmap("tab20").colors
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in pts)):
+            series = sorted((r for r in pts if r["method"] == method), key=lambda r: r[key])
+            xs, ys = [r[key] for r in series], [100 * r["test_accuracy"] for r in series]
+            errs = [100 * r.get("test_accuracy_std", 0) for r in series]
+            ax.errorbar(xs, ys, yerr=errs, marker="*" if method == "teacher" else "osD^v<>p"[i % 8], markersize=14 if method == "teacher" else 7,
+                        capsize=3, label=method, color=colors[(2 * i) % 20 + (i // 10) % 2], linestyle="-" if len(series) > 1 else "none")
+        front = _pareto([(r[key], 100 * r["test_accuracy"]) for r in pts])
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="black", alpha=0.25, linewidth=6, zorder=0, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        figs[fname] = fig
+    return figs
+
+
+def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten by one both smaller (x) and more accurate (y)."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
