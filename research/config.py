@@ -461,10 +461,10 @@ class StudyConfig(RunConfig):
 
     @model_validator(mode="after")
     def _study(self) -> "StudyConfig":
-        if self.student is None:
-            raise ValueError("student: a study needs a student model")
-        if not self.teachers:
-            raise ValueError("teachers: a study needs at least one teacher")
+        if self.compress is None and self.student is None:
+            raise ValueError("student: a distillation study needs a student model")
+        if self.compress is None and not self.teachers:
+            raise ValueError("teachers: a distillation study needs at least one teacher")
         if self.search.teacher_weights and len(self.teachers) < 2:
             raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
         base = flatten(self.model_dump(mode="json"))

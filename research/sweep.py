@@ -449,8 +449,8 @@ def finish_study(ctx_tracker: Tracker, study: optuna.Study, cfg: StudyConfig, *,
         data_shape = None
         for t in best[: cfg.keep_models]:
             run_id = t.user_attrs.get("mlflow_run_id")
-            if not run_id or tracker.has_artifact(run_id, "model"):
-                continue
+            if not run_id or tracker.has_artifact(run_id, "model") or not tracker.has_artifact(run_id, "weights.pt"):
+                continue  # already a model (compression trials log theirs), or nothing to rebuild from
             if data_shape is None:
                 data = load_run_data(cfg, progress=False)
                 data_shape = (data.input_shape, data.num_classes, data.test.x[:2])

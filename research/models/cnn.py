@@ -97,6 +97,8 @@ def mnist_cnn_teacher(input_shape: tuple[int, ...], num_classes: int, dropout: f
 
 
 @register_model("mnist_cnn_student")
-def mnist_cnn_student(input_shape: tuple[int, ...], num_classes: int) -> MNISTCNN:
+def mnist_cnn_student(input_shape: tuple[int, ...], num_classes: int, c1: int = 5, c2: int = 10) -> MNISTCNN:
+    """The classic student (5 and 10 channels, 3,000 parameters); c1/c2 size it for a budget."""
     h, w = _mnist_hw("mnist_cnn_student", input_shape)
-    return MNISTCNN(h, w, num_classes, 5, 10, 0.0)
+    return MNISTCNN(h, w, num_classes, check_positive_int("mnist_cnn_student", c1, "c1"),
+                    check_positive_int("mnist_cnn_student", c2, "c2"), 0.0)

@@ -1,0 +1,118 @@
+"""Compression baselines through the CLI: single runs, a comparison, a study over their knobs."""
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from research.cli import main
+from research.data import load_data
+from research.evaluate import classification_metrics, predict
+
+BASE = """
+name: {name}
+seed: 0
+data: {{dataset: mnist1d, cache_dir: {cache}}}
+teachers:
+  - model: {{name: mnist1d_cnn}}
+    train: {{epochs: 15, threads: 1}}
+train: {{epochs: 3, threads: 1}}
+eval: {{latency_repeats: 2}}
+tracking: {{experiment: {name}}}
+"""
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def client(work):
+    return MlflowClient(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+
+
+def test_compress_run_is_tracked_and_reloads_to_the_same_accuracy(work):
+    text = BASE.format(name="cmp1", cache=work / ".cache") + "compress: {method: prune, sparsity: 0.8, finetune_epochs: 2}\n"
+    (work / "c.yaml").write_text(text)
+    assert main(["compress", "c.yaml", "--no-progress"]) == 0
+    c = client(work)
+    exp = c.get_experiment_by_name("cmp1")
+    (run,) = c.search_runs([exp.experiment_id], "tags.role = 'compress'")
+    assert run.info.status == "FINISHED" and run.data.tags["method"] == "prune"
+    m = run.data.metrics
+    teacher = c.search_runs([exp.experiment_id], "tags.role = 'teacher'")[0]
+    assert m["params_nonzero"] == round(0.2 * 5125) + 85  # 80% of the CNN's 5,125 weights zeroed; its 85 biases stay
+    assert m["size_bytes"] < teacher.data.metrics["size_bytes"]  # stored compactly
+    assert {"deployable", "model"} <= {a.path for a in c.list_artifacts(run.info.run_id)}
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    data = load_data("mnist1d", cache_dir=work / ".cache")
+    assert classification_metrics(predict(model, data.test.x), data.test.y)["accuracy"] == m["test_accuracy"]
+
+
+def test_compress_without_section_is_bad_input(work, capsys):
+    (work / "c.yaml").write_text(BASE.format(name="x", cache=".cache"))
+    assert main(["compress", "c.yaml"]) == 2
+    assert "compress: this command needs a compress: section" in capsys.readouterr().err
+    assert sorted(p.name for p in work.iterdir()) == ["c.yaml"]
+
+
+def test_comparison_runs_every_method_budget_and_seed(work):
+    text = BASE.format(name="cmp2", cache=work / ".cache") + """
+compare:
+  budgets: [2, 4]
+  students:
+    2: {name: mnist1d_cnn, args: {channels: 16}}
+    4: {name: mnist1d_cnn, args: {channels: 11}}
+  seeds: [0, 1]
+  methods:
+    - {label: distill, kind: distill}
+    - {label: prune_structured, kind: compress, compress: {method: prune, structured: true, finetune_epochs: 1}}
+    - {label: int8, kind: compress, per_budget: false, compress: {method: quantize}}
+"""
+    (work / "cmp.yaml").write_text(text)
+    assert main(["compare", "cmp.yaml", "--no-progress", "--out", "rep"]) == 0
+    c = client(work)
+    exp = c.get_experiment_by_name("cmp2")
+    (parent,) = c.search_runs([exp.experiment_id], "tags.role = 'comparison'")
+    assert parent.info.status == "FINISHED"
+    runs = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    keys = sorted((r.data.tags["method"], r.data.tags.get("budget"), r.data.tags["seed"]) for r in runs)
+    assert keys == sorted([(m, b, s) for m in ("distill", "prune_structured") for b in ("2.0", "4.0") for s in ("0", "1")]
+                          + [("int8", None, s) for s in ("0", "1")])
+    by = {(r.data.tags["method"], r.data.tags.get("budget")): r.data.metrics for r in runs}
+    assert by[("prune_structured", "4.0")]["params"] < by[("prune_structured", "2.0")]["params"] < 5210
+    assert by[("int8", None)]["size_bytes"] < 0.75 * by[("prune_structured", "2.0")]["size_bytes"] * 2
+    md = (work / "rep" / "comparison.md").read_text()
+    assert "| distill | 2x |" in md and "| int8 | - |" in md and "teacher" in md
+    for png in ("pareto_accuracy_vs_size.png", "pareto_accuracy_vs_latency.png"):
+        assert (work / "rep" / png).stat().st_size > 5000
+
+
+def test_a_study_searches_compression_knobs(work):
+    text = BASE.format(name="cmp3", cache=work / ".cache").replace("tracking: {experiment: cmp3}\n", "") + """
+compress: {method: prune, finetune_epochs: 1}
+search:
+  temperature: null
+  alpha: null
+  params:
+    compress.sparsity: {low: 0.3, high: 0.95}
+objectives: [{metric: val_accuracy, direction: maximize}, {metric: size_bytes, direction: minimize}]
+sampler: {name: nsga2, seed: 0}
+pruner: {name: none}
+n_trials: 3
+keep_models: 0
+"""
+    (work / "s.yaml").write_text(text)
+    assert main(["study", "run", "s.yaml", "--no-progress"]) == 0
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(work / "mlruns" / "optuna" / "journal.log")))
+    study = optuna.load_study(study_name="cmp3", storage=storage)
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    c = client(work)
+    for t in study.trials:
+        run = c.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["method"] == "prune"
+        assert float(run.data.params["compress.sparsity"]) == pytest.approx(t.params["compress.sparsity"])
+        assert run.data.metrics["size_bytes"] == pytest.approx(t.values[1])
