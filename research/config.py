@@ -522,15 +522,20 @@ class StudyConfig(RunConfig):
         return [o.direction for o in self.objectives]
 
 
-def load_study_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> StudyConfig:
+def _load_named(model: type[RunConfig], path: str | Path, overrides: list[str] | None, check_files: bool):
+    """A study or comparison file: its MLflow experiment is its name unless given."""
     raw = apply_overrides(read_yaml(path), overrides or [])
     raw.setdefault("tracking", {})
     if isinstance(raw["tracking"], dict) and "experiment" not in raw["tracking"] and "name" in raw:
-        raw["tracking"]["experiment"] = raw["name"]  # one experiment per study
-    cfg = parse(StudyConfig, raw, source=str(path))
+        raw["tracking"]["experiment"] = raw["name"]
+    cfg = parse(model, raw, source=str(path))
     if check_files:
         check_run_files(cfg)
     return cfg
+
+
+def load_study_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> StudyConfig:
+    return _load_named(StudyConfig, path, overrides, check_files)
 
 
 # ---------------------------------------------------------------- comparisons
@@ -582,11 +587,7 @@ class CompareConfig(RunConfig):
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> CompareConfig:
-    raw = apply_overrides(read_yaml(path), overrides or [])
-    raw.setdefault("tracking", {})
-    if isinstance(raw["tracking"], dict) and "experiment" not in raw["tracking"] and "name" in raw:
-        raw["tracking"]["experiment"] = raw["name"]
-    cfg = parse(CompareConfig, raw, source=str(path))
+    cfg = _load_named(CompareConfig, path, overrides, check_files=False)
     if not cfg.teachers:
         raise ConfigError(f"{path}: teachers: a comparison needs a teacher (the model every method shrinks)")
     if check_files:

@@ -1,6 +1,6 @@
 """Distillation engine: the loss, the distiller and the teacher-logit cache (no MLflow, no Optuna)."""
 
-from .cache import TeacherLogitCache, compute_logits, model_fingerprint
+from .cache import TeacherLogitCache, model_fingerprint
 from .distiller import Distiller, StepOutput, SupervisedTask, freeze
 from .loss import COMBINE_MODES, KDTerms, kd_loss, kd_loss_terms, normalize_teacher_weights, teacher_log_probs
 
@@ -11,7 +11,6 @@ __all__ = [
     "StepOutput",
     "SupervisedTask",
     "TeacherLogitCache",
-    "compute_logits",
     "freeze",
     "kd_loss",
     "kd_loss_terms",

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..evaluate import predict
+
 
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 over the class name and every state_dict tensor (name, dtype, shape, bytes)."""
@@ -25,18 +27,6 @@ def model_fingerprint(model: nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # reshape: 0-d buffers (BN counters)
     return h.hexdigest()[:24]
-
-
-@torch.no_grad()
-def compute_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Logits of ``model`` in eval mode for all rows of ``x`` (restores its mode after)."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
 
 
 class TeacherLogitCache:
@@ -70,7 +60,7 @@ class TeacherLogitCache:
             value = torch.load(path, weights_only=True)
         else:
             self.misses += 1
-            value = compute_logits(teacher, x, batch_size=batch_size, device=device)
+            value = predict(teacher, x, batch_size=batch_size, device=device)
             if path is not None:
                 _atomic_save(value, path)
         self._memory[key] = value
