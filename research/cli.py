@@ -427,6 +427,8 @@ def _study_report(args: argparse.Namespace) -> int:
     parent_id = study.user_attrs[sweep.ATTR_PARENT]
     out = Path(args.out or Path("reports") / args.name)
     figures = sweep.study_figures(study, cfg)
+    figures.update(report.study_run_figures(study.user_attrs.get(sweep.ATTR_EXPERIMENT, cfg.tracking.experiment), tracker.uri,
+                                            objective=cfg.objectives[0].metric, direction=cfg.objectives[0].direction))
     files = report.figures_to_files(figures, out)
     md = report.study_markdown(
         args.name, sweep.trials_table(study), objective_names=[o.metric for o in cfg.objectives], directions=cfg.directions,

@@ -234,7 +234,7 @@ def train_student(
         "config_hash": config_hash(cfg),
         **(extra_tags or {}),
     }
-    params = {"seed": seed, "full_train": full_train, **flatten(cfg.model_dump(mode="json")), **(extra_params or {})}
+    params = {**flatten(cfg.model_dump(mode="json")), "seed": seed, "full_train": full_train, **(extra_params or {})}  # the run's seed, not the file's
     if not distilled:
         params = {k: v for k, v in params.items() if not k.startswith(("distill.", "teachers.", "train.", "baseline_train."))}
         params.update(flatten(train_cfg.model_dump(mode="json"), "train"))
@@ -321,7 +321,7 @@ def compress_run(
     tags = {"method": label, "role": role, "dataset": cfg.data.dataset, "seed": seed, "compress_source": cfg.compress_source,
             "base_run_id": base_run_id, "teacher_run_id": ",".join(t.run_id for t in teachers if t.run_id) or None,
             "config_hash": config_hash(cfg), **(extra_tags or {})}
-    params = {"seed": seed, **flatten(cfg.model_dump(mode="json")), **(extra_params or {})}
+    params = {**flatten(cfg.model_dump(mode="json")), "seed": seed, **(extra_params or {})}
     with tracker.run(cfg.tracking.experiment, run_name or f"{label}-seed{seed}", tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) as run:
         if on_run_start is not None:
             on_run_start(run.run_id)

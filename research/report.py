@@ -192,13 +192,16 @@ def clean_runs(raw: pd.DataFrame) -> pd.DataFrame:
             key = col[len(prefix):]
             if prefix == "tags." and key.startswith("mlflow."):
                 continue
-            name = key if key not in columns and key not in out.columns else col
+            taken = key in columns or key in out.columns or (prefix == "params." and key in _TAG_WINS and f"tags.{key}" in df)
+            name = col if taken else key
             series = df[col]
             columns[name] = series if prefix == "metrics." else _convert(series, numeric=prefix == "params." or key in _NUMERIC_TAGS)
     return pd.concat([out, pd.DataFrame(columns, index=df.index)], axis=1)
 
 
 _NUMERIC_TAGS = {"trial_number", "seed", "best_trial", "from_trial"}
+# The run's own seed is its tag; the ``seed`` param can be the config's seed.
+_TAG_WINS = {"seed"}
 
 
 def runs_frame(experiment: str, tracking_uri: str | None = None, *, filter_string: str = "") -> pd.DataFrame:
@@ -263,7 +266,7 @@ def trials_of(runs: pd.DataFrame) -> pd.DataFrame:
     t["trial"] = pd.to_numeric(t.get("trial_number"), errors="coerce").astype("Int64")
     state = t["status"].map(TRIAL_STATES).fillna(t["status"])
     if "optuna_state" in t:  # set by the study for trials that failed before their run ended
-        state = t["optuna_state"].where(t["optuna_state"].notna(), state).replace({"COMPLETE": "COMPLETE"})
+        state = t["optuna_state"].where(t["optuna_state"].notna(), state)
     t["state"] = state
     t["enqueued"] = t["enqueued"].fillna(False).astype(bool) if "enqueued" in t else False
     for name in ("temperature", "alpha"):
@@ -398,8 +401,14 @@ def plot_temperature_alpha(trials: pd.DataFrame, metric: str = "val_accuracy", d
                    label=f"best: trial {int(best['trial'])} ({float(best[metric]):.4f})", zorder=5)
     for _, r in done.iterrows():
         ax.annotate(str(int(r["trial"])), (np.log10(float(r["temperature"])), float(r["alpha"])), xytext=(4, 4), textcoords="offset points", fontsize=7)
-    ticks = [t for t in (1, 2, 4, 8, 16, 20, 32, 64) if len(x) == 0 or (x.min() - 0.2 <= np.log10(t) <= x.max() + 0.2)]
-    ax.set_xticks(np.log10(ticks), [str(t) for t in ticks])
+    allx = np.log10(trials["temperature"].dropna().astype(float))
+    lo, hi = (float(allx.min()), float(allx.max())) if len(allx) else (0.0, np.log10(20))
+    pad = max(0.05, 0.06 * (hi - lo))
+    ax.set_xlim(lo - pad, hi + pad)
+    nice = np.array([1, 1.5, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 30, 40, 50, 100])
+    inside = nice[(np.log10(nice) >= lo - pad) & (np.log10(nice) <= hi + pad)]
+    ticks = inside[:: max(1, len(inside) // 8)] if len(inside) >= 2 else nice[(nice >= 10 ** (lo - 1)) & (nice <= 10 ** (hi + 1))]
+    ax.set_xticks(np.log10(ticks), [f"{t:g}" for t in ticks])
     ax.set_xlabel("temperature T (log scale)")
     ax.set_ylabel("alpha (weight of the hard-label loss)")
     ax.set_ylim(-0.05, 1.05)
@@ -425,6 +434,9 @@ def plot_trial_history(trials: pd.DataFrame, metric: str = "val_accuracy", direc
     other = trials[trials["state"] != "COMPLETE"]
     for _, r in other.iterrows():
         ax.axvline(int(r["trial"]), color="lightgrey", lw=1, zorder=0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.set_title("trials in order" + (f" (grey lines: {len(other)} pruned or failed)" if len(other) else ""))
@@ -462,9 +474,11 @@ def plot_finalized(final: pd.DataFrame, final_runs: pd.DataFrame | None = None):
 
 
 def comparison_runs(runs: pd.DataFrame, *, needs: Sequence[str] = ("test_accuracy",), by: str = "method",
-                    exclude_roles: Sequence[str] = ("study",)) -> pd.DataFrame:
+                    exclude_roles: Sequence[str] = ("study", "comparison", "distill_base")) -> pd.DataFrame:
     """Finished runs that carry a ``by`` tag (``method``: teacher, student, distill,
-    prune, ...) and the ``needs`` metrics: the points of the comparison charts."""
+    prune, int8, lowrank, distill+prune, ...) and the ``needs`` metrics: the points of
+    the comparison charts. Parent runs and the uncompressed students that
+    ``distill+<compression>`` starts from (role distill_base) are left out."""
     if by not in runs:
         return runs.iloc[0:0]
     r = runs[(runs["status"] == "FINISHED") & runs[by].notna()]
@@ -524,8 +538,15 @@ def plot_pareto(frame: pd.DataFrame, x: str = "size_bytes", y: str = "test_accur
     overall = f[pareto_mask(f[x], f[y], lower_x=lower_x)].sort_values(x)
     if len(overall) > 1:
         ax.plot(overall[x], overall[y], ls="--", color="black", lw=0.8, alpha=0.6, drawstyle="steps-post", label="front over all methods")
-    if logx and (f[x] > 0).all():
+    if logx and (f[x] > 0).all() and f[x].max() / f[x].min() >= 10:  # a log axis only where it spans a decade
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        few_decades = np.log10(f[x].max() / f[x].min()) < 1.5
+        ax.xaxis.set_minor_formatter(plain if few_decades else NullFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(_axis_label(x))
     ax.set_ylabel(_axis_label(y))
     ax.set_title(title or f"{_axis_label(y)} against {_axis_label(x)}: Pareto front per method")
@@ -544,7 +565,7 @@ def comparison_table(frame: pd.DataFrame, *, by: str = "method", y: str = "test_
                      costs: Sequence[str] = ("size_bytes", "latency_b1_ms")) -> pd.DataFrame:
     """One row per run: method, run, model, the accuracy and cost metrics, and whether
     the run is on its method's Pareto front for each cost; best accuracy first."""
-    cols = [by, "run_name", "role", "model", "seed", *[m for m in PARETO_METRICS if m in frame], "run_id"]
+    cols = [by, "budget", "run_name", "role", "model", "seed", *[m for m in PARETO_METRICS if m in frame], "run_id"]
     t = frame[[c for c in dict.fromkeys(cols) if c in frame]].copy()
     for cost in costs:
         if cost in t and y in t:
@@ -687,7 +708,7 @@ def plot_weight_simplex(trials: pd.DataFrame, metric: str = "val_accuracy", teac
             gx, gy = _simplex_xy(a)
             ax.plot(gx, gy, color="lightgrey", lw=0.6, zorder=0)
     vmin, vmax = (float(z.min()), float(z.max())) if len(z) else (0, 1)
-    if len(done) >= 4:
+    if len(done) >= 6:  # fewer points make slivers, not a map
         try:
             ax.tricontourf(Triangulation(x, y), z, levels=12, cmap="viridis", alpha=0.35, vmin=vmin, vmax=vmax)
         except (ValueError, RuntimeError):
@@ -709,8 +730,9 @@ def plot_weight_simplex(trials: pd.DataFrame, metric: str = "val_accuracy", teac
     ax.set_ylim(-0.12, 0.98)
     ax.set_aspect("equal")
     ax.set_axis_off()
-    ax.set_title(f"{metric} over the teachers' weights (corner = that teacher alone)")
-    ax.legend(loc="upper left", fontsize=8, bbox_to_anchor=(0, 1.02))
+    ax.set_title(f"{metric} over the teachers' weights\n(a corner: that teacher alone; the centre: uniform)")
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside lower center", fontsize=8, ncols=1)
     return fig
 
 
@@ -738,7 +760,7 @@ def plot_vs_single_teacher(trials: pd.DataFrame, teachers: pd.DataFrame, *, metr
     """Per teacher: its own accuracy (bar) and the students distilled mostly from it
     (points: trials where its weight >= ``dominance``); lines: the best mixture (by
     validation accuracy) and the uniform enqueued default."""
-    fig = _figure(7.5, 4.8)
+    fig = _figure(7.5, 5.2)
     ax = fig.add_subplot()
     done = trials[trials["state"] == "COMPLETE"].copy()
     done["dominant"] = dominant_teacher(done, dominance)
@@ -746,21 +768,23 @@ def plot_vs_single_teacher(trials: pd.DataFrame, teachers: pd.DataFrame, *, metr
     own = teachers["test_accuracy"].astype(float) if "test_accuracy" in teachers else pd.Series(np.nan, index=teachers.index)
     ax.bar(xs, own, width=0.55, color="lightsteelblue", edgecolor="steelblue", label="teacher alone (its own run)")
     rng = np.random.default_rng(0)
+    counts: list[int] = []
     for i, k in enumerate(teachers["teacher"]):
         mine = done.loc[done["dominant"] == k, metric].dropna() if metric in done else pd.Series(dtype=float)
         ax.scatter(i + rng.uniform(-0.12, 0.12, len(mine)), mine, color="tab:orange", edgecolors="black", zorder=3,
                    label=f"student, weight >= {dominance:g} on that teacher" if i == 0 else None)
-        ax.annotate(f"{len(mine)} trial{'s' if len(mine) != 1 else ''}", (i, 0), xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+        counts.append(len(mine))
     best = best_trial(done)
     if best is not None and metric in best:
         ax.axhline(float(best[metric]), color="tab:red", lw=1.5, label=f"best mixture, trial {int(best['trial'])} {_weights_text(best)}")
     uniform = done[done["enqueued"]]
     if not uniform.empty and metric in uniform:
         ax.axhline(float(uniform[metric].iloc[0]), color="black", ls="--", lw=1, label="uniform weights (enqueued)")
-    ax.set_xticks(xs, list(teachers.get("label", [f"T{k}" for k in teachers["teacher"]])), fontsize=8)
+    labels = teachers["label"] if "label" in teachers else [f"T{k}" for k in teachers["teacher"]]
+    ax.set_xticks(xs, [f"{name}\n{n} trial{'s' if n != 1 else ''} >= {dominance:g}" for name, n in zip(labels, counts)], fontsize=8)
     ax.set_ylabel(metric)
     ax.set_title("mixing teachers against a single teacher")
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower center", fontsize=8, ncols=2)
     return fig
 
 

@@ -290,7 +290,10 @@ def start_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> subprocess.
     local = _local_artifact_root(uri)
     if local is not None:
         cmd += ["--default-artifact-root", local.as_uri()]
-    return subprocess.Popen(cmd, start_new_session=True)
+    env = dict(os.environ)
+    # No GenAI job runner and its queue consumers: 3 processes instead of 11, faster start and stop.
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return subprocess.Popen(cmd, start_new_session=True, env=env)
 
 
 def wait_for_ui(proc: subprocess.Popen, host: str, port: int, timeout_s: float = 90.0) -> bool:
