@@ -589,12 +589,6 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
-def validate_study_file(path: str, overrides: list[str]) -> StudyConfig:
-    from .config import load_study_config
-
-    return load_study_config(path, overrides)
-
-
 __all__ = [
     "ConfigError", "StudyError", "create_or_join", "finalize", "finish_study", "launch", "list_studies", "load_existing",
     "storage_url", "trials_table", "worker_main",
