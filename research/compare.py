@@ -10,7 +10,6 @@ go to a folder and onto the parent run.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from .config import CompareConfig, CompareMethod
 from .evaluate import count_parameters
 from .pipeline import RunResult, compress_run, load_run_data, obtain_teachers, train_student
-from .report import figures_to_files, markdown_table
+from .report import comparison_figures, comparison_markdown, comparison_rows, figures_to_files
 from .tracking import Tracker
 
 
@@ -104,85 +103,3 @@ def _best_per_method(rows: list[dict[str, Any]]) -> dict[str, float]:
     for r in rows:
         best[r["method"]] = max(best.get(r["method"], 0.0), r["test_accuracy"])
     return best
-
-
-def comparison_rows(results: list[dict[str, Any]], teacher_params: int) -> list[dict[str, Any]]:
-    """One row per (method, budget): mean and std over seeds of the metrics that matter."""
-    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["method"], r["budget"]), []).append(r)
-    rows = []
-    for (method, budget), group in groups.items():
-        row: dict[str, Any] = {"method": method, "budget": budget, "runs": len(group)}
-        for key in ("test_accuracy", "val_accuracy", "params", "params_nonzero", "size_bytes", "latency_b1_ms", "latency_b256_ms", "flops"):
-            vals = [g[key] for g in group if key in g]
-            if vals:
-                row[key] = statistics.fmean(vals)
-                row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-        nz = row.get("params_nonzero", row.get("params"))
-        row["reduction"] = teacher_params / nz if nz else None
-        rows.append(row)
-    return sorted(rows, key=lambda r: (r["budget"] or 0, r["method"]))
-
-
-def comparison_markdown(name: str, rows: list[dict[str, Any]], *, teacher_params: int, seeds: list[int], figure_files=()) -> str:
-    shown = []
-    for r in rows:
-        shown.append({
-            "method": r["method"], "budget": "-" if r["budget"] is None else f"{r['budget']:g}x",
-            "test accuracy": f"{100 * r['test_accuracy']:.2f} ± {100 * r.get('test_accuracy_std', 0):.2f}",
-            "non-zero params": f"{r.get('params_nonzero', r.get('params', 0)):,.0f}",
-            "reduction": "-" if r["reduction"] is None else f"{r['reduction']:.1f}x",
-            "bytes": f"{r.get('size_bytes', 0):,.0f}",
-            "latency b1 ms": f"{r.get('latency_b1_ms', float('nan')):.3f}",
-            "latency b256 ms": f"{r.get('latency_b256_ms', float('nan')):.2f}",
-        })
-    cols = [(k, k) for k in ("method", "budget", "test accuracy", "non-zero params", "reduction", "bytes", "latency b1 ms", "latency b256 ms")]
-    lines = [f"# Comparison `{name}`", "",
-             f"Teacher: {teacher_params:,} parameters. Budgets are x fewer parameters than the teacher; test accuracy in %, "
-             f"mean ± std over seeds {seeds} (the teacher row: its own run). Latency: CPU, 1 thread, median.", "",
-             markdown_table(shown, cols), ""]
-    lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figure_files]
-    return "\n".join(lines) + "\n"
-
-
-def comparison_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pareto charts: test accuracy against bytes on disk and against latency, one series per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs = {}
-    for key, label, fname in (("size_bytes", "bytes of the saved model", "pareto_accuracy_vs_size"),
-                              ("latency_b1_ms", "CPU latency at batch 1 (ms)", "pareto_accuracy_vs_latency")):
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        pts = [r for r in rows if key in r]
-        colors = plt.get_cmap("tab20").colors
-        for i, method in enumerate(dict.fromkeys(r["method"] for r in pts)):
-            series = sorted((r for r in pts if r["method"] == method), key=lambda r: r[key])
-            xs, ys = [r[key] for r in series], [100 * r["test_accuracy"] for r in series]
-            errs = [100 * r.get("test_accuracy_std", 0) for r in series]
-            ax.errorbar(xs, ys, yerr=errs, marker="*" if method == "teacher" else "osD^v<>p"[i % 8], markersize=14 if method == "teacher" else 7,
-                        capsize=3, label=method, color=colors[(2 * i) % 20 + (i // 10) % 2], linestyle="-" if len(series) > 1 else "none")
-        front = _pareto([(r[key], 100 * r["test_accuracy"]) for r in pts])
-        if len(front) > 1:
-            ax.plot(*zip(*front), color="black", alpha=0.25, linewidth=6, zorder=0, label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy (%)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, ncol=2)
-        fig.tight_layout()
-        figs[fname] = fig
-    return figs
-
-
-def _pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points not beaten by one both smaller (x) and more accurate (y)."""
-    front, best = [], float("-inf")
-    for x, y in sorted(points):
-        if y > best:
-            front.append((x, y))
-            best = y
-    return front

@@ -73,8 +73,8 @@ def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def saved_model_bytes(model: nn.Module) -> int:
-    """Bytes of the whole model as ``torch.save`` really writes it."""
+def saved_model_bytes(model: nn.Module | dict) -> int:
+    """Bytes of the whole model (or a state_dict) as ``torch.save`` really writes it."""
     fd, path = tempfile.mkstemp(suffix=".pt")
     os.close(fd)
     try:

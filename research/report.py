@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -812,4 +813,78 @@ def study_run_figures(experiment: str, tracking_uri: str | None = None, *, objec
         figs["teacher_weights"] = plot_teacher_weights(trials, objective, teachers)
         if not teachers.empty:
             figs["vs_single_teacher"] = plot_vs_single_teacher(trials, teachers)
+    return figs
+
+
+# ----------------------------------------------------------------------------- research compare (rows of mean ± std)
+
+
+def comparison_rows(results: list[dict[str, Any]], teacher_params: int) -> list[dict[str, Any]]:
+    """One row per (method, budget): mean and std over seeds of the metrics that matter."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["method"], r["budget"]), []).append(r)
+    rows = []
+    for (method, budget), group in groups.items():
+        row: dict[str, Any] = {"method": method, "budget": budget, "runs": len(group)}
+        for key in ("test_accuracy", "val_accuracy", "params", "params_nonzero", "size_bytes", "latency_b1_ms", "latency_b256_ms", "flops"):
+            vals = [g[key] for g in group if key in g]
+            if vals:
+                row[key] = statistics.fmean(vals)
+                row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        nz = row.get("params_nonzero", row.get("params"))
+        row["reduction"] = teacher_params / nz if nz else None
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["budget"] or 0, r["method"]))
+
+
+def comparison_markdown(name: str, rows: list[dict[str, Any]], *, teacher_params: int, seeds: list[int], figure_files=()) -> str:
+    shown = []
+    for r in rows:
+        shown.append({
+            "method": r["method"], "budget": "-" if r["budget"] is None else f"{r['budget']:g}x",
+            "test accuracy": f"{100 * r['test_accuracy']:.2f} ± {100 * r.get('test_accuracy_std', 0):.2f}",
+            "non-zero params": f"{r.get('params_nonzero', r.get('params', 0)):,.0f}",
+            "reduction": "-" if r["reduction"] is None else f"{r['reduction']:.1f}x",
+            "bytes": f"{r.get('size_bytes', 0):,.0f}",
+            "latency b1 ms": f"{r.get('latency_b1_ms', float('nan')):.3f}",
+            "latency b256 ms": f"{r.get('latency_b256_ms', float('nan')):.2f}",
+        })
+    cols = [(k, k) for k in ("method", "budget", "test accuracy", "non-zero params", "reduction", "bytes", "latency b1 ms", "latency b256 ms")]
+    lines = [f"# Comparison `{name}`", "",
+             f"Teacher: {teacher_params:,} parameters. Budgets are x fewer parameters than the teacher; test accuracy in %, "
+             f"mean ± std over seeds {seeds} (the teacher row: its own run). Latency: CPU, 1 thread, median.", "",
+             markdown_table(shown, cols), ""]
+    lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figure_files]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pareto charts of `research compare`: mean test accuracy (± std over seeds) against
+    bytes on disk and against latency, one series per method."""
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"].colors
+    figs = {}
+    for key, label, fname in (("size_bytes", "bytes of the saved model", "pareto_accuracy_vs_size"),
+                              ("latency_b1_ms", "CPU latency at batch 1 (ms)", "pareto_accuracy_vs_latency")):
+        fig = _figure(8, 5.5)
+        ax = fig.add_subplot()
+        pts = [r for r in rows if key in r]
+        for i, method in enumerate(dict.fromkeys(r["method"] for r in pts)):
+            series = sorted((r for r in pts if r["method"] == method), key=lambda r: r[key])
+            xs, ys = [r[key] for r in series], [100 * r["test_accuracy"] for r in series]
+            errs = [100 * r.get("test_accuracy_std", 0) for r in series]
+            ax.errorbar(xs, ys, yerr=errs, marker="*" if method == "teacher" else "osD^v<>p"[i % 8], markersize=14 if method == "teacher" else 7,
+                        capsize=3, label=method, color=colors[(2 * i) % 20 + (i // 10) % 2], linestyle="-" if len(series) > 1 else "none")
+        xs, ys = [r[key] for r in pts], [100 * r["test_accuracy"] for r in pts]
+        front = sorted((x, y) for x, y, keep in zip(xs, ys, pareto_mask(xs, ys)) if keep)
+        if len(front) > 1:
+            ax.plot(*zip(*front), color="black", alpha=0.25, linewidth=6, zorder=0, label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        figs[fname] = fig
     return figs

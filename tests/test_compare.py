@@ -23,10 +23,8 @@ tracking: {{experiment: {name}}}
 
 
 @pytest.fixture
-def work(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
+def work(workdir):
+    return workdir  # conftest: a fresh cwd with the default ./mlruns store
 
 
 def client(work):

@@ -13,7 +13,8 @@ from research.compress import CompressConfig, OrtModule, compress, evaluate_comp
 from research.compress.finetune import label_subset_source, mnist1d_source
 from research.compress.lowrank import dropped_energy_error, factorize_conv, factorize_linear, layer_rank, svd_factors
 from research.compress.prune import global_magnitude_prune, measured_sparsity, prunable_weights
-from research.compress.storage import decode_tensor, encode_tensor, save_compact, torch_save_bytes
+from research.compress.storage import decode_tensor, encode_tensor, save_compact
+from research.evaluate import saved_model_bytes as torch_save_bytes
 from research.config import ConfigError, TrainConfig
 from research.data import load_data
 from research.distill import SupervisedTask

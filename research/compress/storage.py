@@ -147,11 +147,6 @@ def compact_size_bytes(model: nn.Module) -> int:
     return _bytes_written(lambda p: save_compact(model, p))
 
 
-def torch_save_bytes(obj: object) -> int:
-    """Bytes of ``torch.save(obj)`` as really written (a module whole, or a state_dict)."""
-    return _bytes_written(lambda p: torch_save(obj, p))
-
-
 FORMATS: tuple[str, ...] = ("torch", "compact", "onnx", "state_dict")
 
 
