@@ -14,11 +14,10 @@ from research.compress.finetune import label_subset_source, mnist1d_source
 from research.compress.lowrank import dropped_energy_error, factorize_conv, factorize_linear, layer_rank, svd_factors
 from research.compress.prune import global_magnitude_prune, measured_sparsity, prunable_weights
 from research.compress.storage import decode_tensor, encode_tensor, save_compact
-from research.evaluate import saved_model_bytes as torch_save_bytes
 from research.config import ConfigError, TrainConfig
 from research.data import load_data
 from research.distill import SupervisedTask
-from research.evaluate import classification_metrics, count_flops, count_parameters, deployment_metrics, predict
+from research.evaluate import classification_metrics, count_flops, deployment_metrics, predict
 from research.models import build_model
 from research.tracking import Tracker
 from research.train import fit
@@ -49,6 +48,29 @@ def cnn(data):
     return _trained("mnist1d_cnn", data, 15)
 
 
+# Sizes of the two MNIST-1D models, by hand (input length 40, 10 classes):
+#   mnist1d_mlp 40-100-100-10: weights 40*100 + 100*100 + 100*10 = 15,000, + 210 biases = 15,210 parameters;
+#     FLOPs (a multiply-add counts 2, biases not counted) 2 * 15,000 = 30,000.
+#   mnist1d_cnn, 25 channels: Conv1d(1, 25, k5, s2, p1) on 40 -> length 19; Conv1d(25, 25, k3, s2, p1) -> 10; again -> 5;
+#     Linear(125, 10). Weights 125 + 1,875 + 1,875 + 1,250 = 5,125, + 85 biases = 5,210 parameters;
+#     FLOPs 2 * (25*19*5 + 25*10*75 + 25*5*75 + 1,250) = 2 * (2,375 + 18,750 + 9,375 + 1,250) = 63,500.
+PARAMS = {"mlp": 15_210, "cnn": 5_210}
+WEIGHTS = {"mlp": 15_000, "cnn": 5_125}
+FLOPS = {"mlp": 30_000, "cnn": 63_500}
+
+
+def n_params(model: nn.Module) -> int:
+    """Parameters counted here, not by research.evaluate.count_parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def file_bytes(obj, path) -> int:
+    """Bytes of ``torch.save(obj)`` written here to ``path`` (through a file object, as research writes it)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+    return os.path.getsize(path)
+
+
 def accuracy(model: nn.Module, split) -> float:
     return classification_metrics(predict(model, split.x), split.y)["accuracy"]
 
@@ -70,8 +92,9 @@ def test_global_pruning_sparsity_is_the_requested_one(mlp, data, sparsity, sched
     zeros = sum(int((m.weight == 0).sum()) for m, _ in prunable_weights(cm.model))
     assert abs(zeros - sparsity * n) <= 1, (zeros, sparsity * n)  # exact, after fine-tuning too
     assert cm.extra["sparsity"] == pytest.approx(zeros / n)
-    assert cm.params == count_parameters(mlp)
-    assert cm.params_nonzero == count_parameters(cm.model, nonzero=True) < count_parameters(mlp)
+    assert cm.params == PARAMS["mlp"]
+    # only weights are pruned: the trained biases (none of them exactly zero) all stay
+    assert cm.params_nonzero == PARAMS["mlp"] - zeros == sum(int(p.count_nonzero()) for p in cm.model.parameters())
     # no pruning reparametrisation is left behind
     assert not any(k.endswith(("_orig", "_mask")) for k in cm.model.state_dict())
 
@@ -158,27 +181,27 @@ def test_sizes_are_the_bytes_written(mlp, data, tmp_path):
         path = tmp_path / f"{method}.bin"
         cm.save(path)
         assert cm.size_bytes == os.path.getsize(path), method
-    assert compress(mlp, "none", CompressConfig(), data, seed=0).size_bytes == torch_save_bytes(mlp)
+    assert compress(mlp, "none", CompressConfig(), data, seed=0).size_bytes == file_bytes(mlp, tmp_path / "plain.pt")
 
 
 # ---------------------------------------------------------------- structured pruning
 
 
 @pytest.mark.parametrize("which", ["mlp", "cnn"])
-def test_structured_pruning_really_shrinks_the_network(which, request, data):
+def test_structured_pruning_really_shrinks_the_network(which, request, data, tmp_path):
     model = request.getfixturevalue(which)
     shape = data.input_shape
     cfg = CompressConfig(sparsity=0.75, structured=True, finetune_epochs=2)
     cm = compress(model, "prune", cfg, data, seed=0, finetune_cfg=FT)
-    p0, f0 = count_parameters(model), count_flops(model, shape)
-    assert cm.params == count_parameters(cm.model) <= 0.25 * p0
+    p0, f0 = PARAMS[which], FLOPS[which]
+    assert cm.params == n_params(cm.model) <= 0.25 * p0
     assert cm.params > 0.1 * p0  # as close to the target as channel counts allow, not far past it
     assert cm.params_nonzero == cm.params  # really removed, not zeroed
     assert count_flops(cm.model, shape) == cm.flops < 0.5 * f0
     out = predict(cm.model, data.test.x)
     assert out.shape == (len(data.test), 10)
     assert accuracy(cm.model, data.test) > 0.3  # it still classifies (chance is 0.1)
-    assert cm.size_bytes < torch_save_bytes(model)
+    assert cm.size_bytes == cm.save(tmp_path / "pruned.pt") < file_bytes(model, tmp_path / "float.pt")
 
 
 def test_structured_pruning_keeps_residual_networks_consistent(data):
@@ -187,8 +210,8 @@ def test_structured_pruning_keeps_residual_networks_consistent(data):
     model = tiny_resnet()
     x = torch.randn(4, 3, 8, 8)
     pruned, info = structured_prune(_copy(model), 0.5, x, 10, steps=2)
-    assert count_parameters(pruned) <= 0.5 * count_parameters(model)
-    assert info["param_fraction"] == count_parameters(pruned) / count_parameters(model)
+    assert n_params(pruned) <= 0.5 * n_params(model)
+    assert info["param_fraction"] == n_params(pruned) / n_params(model)
     assert pruned(x).shape == (4, 10)
 
 
@@ -223,7 +246,7 @@ def test_int8_stays_close_to_float_accuracy(which, backend, mode, request, data)
     float_acc, int8_acc = accuracy(model, data.test), accuracy(cm.model, data.test)
     assert abs(int8_acc - float_acc) <= INT8_TOLERANCE, (float_acc, int8_acc)
     assert float_acc > 0.45  # the models are trained, so the tolerance means something
-    assert cm.params == count_parameters(model) and cm.flops == count_flops(model, data.input_shape)
+    assert cm.params == PARAMS[which] and cm.flops == FLOPS[which]  # those of the float network it computes
 
 
 def test_int8_onnx_is_smaller_than_float_onnx_and_reloads(mlp, data, tmp_path):
@@ -234,6 +257,67 @@ def test_int8_onnx_is_smaller_than_float_onnx_and_reloads(mlp, data, tmp_path):
     torch.save(q.model, tmp_path / "q.pt")  # the ORT wrapper pickles (its session is rebuilt on load)
     again = torch.load(tmp_path / "q.pt", weights_only=False)
     assert torch.equal(predict(again, data.test.x), predict(q.model, data.test.x))
+
+
+# An accuracy gap within tolerance is also what a no-op "quantization" gives: the tests below
+# check that the weights really are int8, in the module and in the deployable file as written.
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+@pytest.mark.parametrize("which,max_ratio", [("mlp", 0.4), ("cnn", 0.65)])
+def test_torch_backend_really_quantizes(which, max_ratio, request, data, tmp_path):
+    from torch.ao.nn import quantized as nnq  # its dynamic Linear subclasses nnq.Linear
+
+    model = request.getfixturevalue(which)
+    cm = compress(model, "quantize", CompressConfig(backend="torch", calibration_samples=128), data, seed=0)
+    modules = list(cm.model.modules())
+    assert not [m for m in modules if type(m) in (nn.Linear, nn.Conv1d)]  # no float layer left
+    linears = [m for m in modules if isinstance(m, nnq.Linear)]
+    convs = [m for m in modules if isinstance(m, nnq.Conv1d)]
+    assert (len(linears), len(convs)) == ((3, 0) if which == "mlp" else (1, 3))
+    assert all(m.weight().dtype == torch.qint8 for m in linears + convs)
+    assert sum(m.weight().numel() for m in linears + convs) == WEIGHTS[which]
+    if which == "cnn":  # static: the input is quantized once, at the entry
+        assert any(isinstance(m, nnq.Quantize) for m in modules) and any(isinstance(m, nnq.DeQuantize) for m in modules)
+    written = cm.save(tmp_path / "int8.pt")
+    assert written == os.path.getsize(tmp_path / "int8.pt") == cm.size_bytes
+    # 1 byte per weight instead of 4: the MLP's file (weights are most of it) shrinks below 0.4x;
+    # the CNN's 5,125 weights share its file with ~10 KB of module pickles and zip records.
+    float_bytes = file_bytes(model, tmp_path / "float.pt")
+    assert written < max_ratio * float_bytes, (written, float_bytes)
+
+
+def test_torchao_backend_really_quantizes(mlp, data, tmp_path):
+    cm = compress(mlp, "quantize", CompressConfig(backend="torchao"), data, seed=0)
+    assert cm.fmt == "state_dict"
+    linears = [m for m in cm.model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 3
+    for lin in linears:
+        w = lin.weight
+        assert type(w) not in (torch.Tensor, nn.Parameter)  # a torchao tensor subclass ...
+        inner = [getattr(w, name) for name in w.__tensor_flatten__()[0]]  # ... holding int8 data of the weight's shape
+        assert any(t.dtype == torch.int8 and t.shape == w.shape for t in inner), [(t.dtype, t.shape) for t in inner]
+    written = cm.save(tmp_path / "int8.sd")
+    assert written == os.path.getsize(tmp_path / "int8.sd") == cm.size_bytes
+    float_bytes = file_bytes(mlp.state_dict(), tmp_path / "float.sd")
+    assert written < 0.4 * float_bytes, (written, float_bytes)
+
+
+@pytest.mark.parametrize("which,ops", [("mlp", {"DynamicQuantizeLinear", "MatMulInteger"}), ("cnn", {"QuantizeLinear", "DequantizeLinear"})])
+def test_onnxruntime_int8_file_holds_int8_weights(which, ops, request, data):
+    import onnx
+
+    model = request.getfixturevalue(which)
+    cm = compress(model, "quantize", CompressConfig(calibration_samples=128), data, seed=0)  # the default backend
+    assert isinstance(cm.model, OrtModule) and cm.size_bytes == len(cm.model.model_bytes)
+    graph = onnx.load_from_string(cm.model.model_bytes).graph
+    assert ops <= {n.op_type for n in graph.node}, {n.op_type for n in graph.node}
+
+    def elements(data_type: int) -> int:
+        return sum(math.prod(i.dims) for i in graph.initializer if i.data_type == data_type)
+
+    assert elements(onnx.TensorProto.INT8) >= WEIGHTS[which]  # every weight stored as int8 (plus zero points)
+    assert elements(onnx.TensorProto.FLOAT) < 0.05 * WEIGHTS[which]  # only biases (dynamic) and scales stay float
 
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
@@ -281,7 +365,7 @@ def test_evaluate_compressed_reports_what_a_distillation_run_reports(cnn, data):
     assert set(deployment_metrics(cnn, data.input_shape, repeats=1)) <= set(m)
     assert {"val_accuracy", "test_accuracy", "test_nll", "test_ece"} <= set(m)
     assert m["test_accuracy"] == pytest.approx(accuracy(cnn, data.test), abs=1e-3)
-    assert m["size_bytes"] == cm.size_bytes and m["flops"] == count_flops(cnn, data.input_shape) > 0
+    assert m["size_bytes"] == cm.size_bytes and m["flops"] == FLOPS["cnn"] and m["params"] == PARAMS["cnn"]
 
 
 # ---------------------------------------------------------------- low rank
@@ -321,11 +405,12 @@ def test_conv_channel_decomposition_error_and_output():
 
 
 def test_lowrank_to_a_parameter_fraction(mlp, cnn, data):
-    for model in (mlp, cnn):
+    for which, model in (("mlp", mlp), ("cnn", cnn)):
         cm = compress(model, "lowrank", CompressConfig(method="lowrank", param_fraction=0.5, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
-        frac = cm.params / count_parameters(model)
+        frac = n_params(cm.model) / PARAMS[which]
+        assert cm.params == n_params(cm.model)
         assert 0.4 < frac <= 0.5, frac  # a budget on the whole model, met from below
-        assert cm.flops < count_flops(model, data.input_shape)
+        assert cm.flops < FLOPS[which]
         assert accuracy(cm.model, data.test) > 0.3
     with pytest.raises(ValueError, match="cannot keep"):
         compress(cnn, "lowrank", CompressConfig(method="lowrank", param_fraction=0.01), data, seed=0)
