@@ -18,3 +18,15 @@ def workdir(tmp_path, monkeypatch):
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist1d_arrays(tmp_path_factory):
+    """MNIST-1D generated once per session (about 3 s). Copy it into a test's own cache folder
+    (``shutil.copytree(mnist1d_arrays, workdir / ".cache")``) so that no test shares another's
+    teacher-logit cache."""
+    from research.data import load_data
+
+    d = tmp_path_factory.mktemp("mnist1d")
+    load_data("mnist1d", cache_dir=d)
+    return d
