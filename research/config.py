@@ -149,6 +149,9 @@ class CompressConfig(Strict):
             raise ValueError("lowrank needs exactly one of rank or param_fraction")
         if self.method == "transfer" and self.finetune_epochs < 1:
             raise ValueError("transfer needs finetune_epochs >= 1 (the fine-tuning on the target task)")
+        if self.method == "quantize" and self.backend == "torchao" and self.quant_mode == "static":
+            # Refused here, before any run starts, rather than by quantize_int8 after the teacher has trained.
+            raise ValueError("backend torchao has no static int8 path; use quant_mode dynamic or backend onnxruntime")
         if self.method == "transfer" and self.source == "mnist1d_seed" and self.source_seed == 42:
             raise ValueError("source_seed 42 is the seed of MNIST-1D's own samples; pick another")
         return self

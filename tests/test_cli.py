@@ -91,3 +91,60 @@ def test_shared_mnist_config_validates():
         p.write_text(cfg_text.replace("mnist1d_cnn", "mnist_cnn_teacher").replace("mnist1d_mlp", "mnist_cnn_student"))
         cfg = load_run_config(p)
     assert cfg.data.dataset == "mnist"
+
+
+# ---------------------------------------------------------------- research compare
+
+COMPARE = """
+name: cmpbad
+data: {dataset: mnist1d}
+teachers:
+  - model: {name: mnist1d_cnn}
+compare:
+  budgets: [2]
+  students:
+    2: {name: mnist1d_cnn, args: {channels: 16}}
+  methods:
+    - {label: distill, kind: distill}
+    - {label: int8, kind: compress, per_budget: false, compress: {method: quantize}}
+"""
+
+COMPARE_CASES = {
+    "missing file": ("nope.yaml", [], "config file not found: nope.yaml"),
+    "unknown key": ("cmp.yaml", ["compare.budgetz=[2]"], "compare.budgetz: unknown key"),
+    "unknown top-level key": ("cmp.yaml", ["seedz=1"], "seedz: unknown key"),
+    "bad compression method": ("cmp.yaml", ["compare.methods.1.compress.method=squeeze"], "compare.methods.1.compress.method"),
+    "bad method kind": ("cmp.yaml", ["compare.methods.0.kind=distil"], "compare.methods.0.kind"),
+    "bad backend": ("cmp.yaml", ["compare.methods.1.compress.backend=tflite"], "compare.methods.1.compress.backend"),
+    "static torchao": ("cmp.yaml", ["compare.methods.1.compress.backend=torchao", "compare.methods.1.compress.quant_mode=static"],
+                       "backend torchao has no static int8 path"),
+    "duplicate labels": ("cmp.yaml", ["compare.methods.1.label=distill"], "labels must be unique"),
+    "budget without a student": ("cmp.yaml", ["compare.budgets=[2, 4]"], "no student architecture for budget(s) [4.0]"),
+    "budget below one": ("cmp.yaml", ["compare.budgets=[0.5]"], "budgets must be above 1"),
+    "no teacher": ("cmp.yaml", ["teachers=[]"], "a comparison needs a teacher"),
+    "bad --set syntax": ("cmp.yaml", ["compare.seeds"], "expected key=value"),
+    "bad --set index": ("cmp.yaml", ["compare.methods.7.label=x"], "not a valid index"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMPARE_CASES))
+def test_compare_bad_input_exits_2_with_one_line_and_writes_nothing(case, workdir, capsys):
+    path, overrides, expected = COMPARE_CASES[case]
+    (workdir / "cmp.yaml").write_text(COMPARE)
+    argv = ["compare", path, "--no-progress"] + [a for o in overrides for a in ("--set", o)]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("research: error:"), err
+    assert expected in err, err
+    assert captured.out == ""
+    assert sorted(p.name for p in workdir.iterdir()) == ["cmp.yaml"]  # no mlruns/, no reports/, no .cache/
+
+
+def test_compare_good_file_passes_the_same_checks(workdir):
+    """The base file of the cases above is valid, so each case fails for its own reason."""
+    from research.config import load_compare_config
+
+    (workdir / "cmp.yaml").write_text(COMPARE)
+    cfg = load_compare_config(workdir / "cmp.yaml")
+    assert [m.label for m in cfg.compare.methods] == ["distill", "int8"]

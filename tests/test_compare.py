@@ -82,6 +82,11 @@ compare:
                           + [("int8", None, s) for s in ("0", "1")])
     by = {(r.data.tags["method"], r.data.tags.get("budget")): r.data.metrics for r in runs}
     assert by[("prune_structured", "4.0")]["params"] < by[("prune_structured", "2.0")]["params"] < 5210
+    # each budget met from below: the teacher CNN's 5,210 parameters / 2 = 2,605 and / 4 = 1,302.5
+    assert by[("prune_structured", "2.0")]["params"] <= 2605 and by[("prune_structured", "4.0")]["params"] <= 1302.5
+    # the budget students: mnist1d_cnn with 16 channels, 1*16*5+16 + 2*(16*16*3+16) + (16*5)*10+10 = 96 + 1,568 + 810 = 2,474
+    # parameters; with 11: 66 + 2*(11*11*3+11) + 55*10+10 = 66 + 748 + 560 = 1,374
+    assert by[("distill", "2.0")]["params"] == 2474 and by[("distill", "4.0")]["params"] == 1374
     assert by[("int8", None)]["size_bytes"] < 0.75 * by[("prune_structured", "2.0")]["size_bytes"] * 2
     md = (work / "rep" / "comparison.md").read_text()
     assert "| distill | 2x |" in md and "| int8 | - |" in md and "teacher" in md

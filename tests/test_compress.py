@@ -461,6 +461,7 @@ def test_config_validation_is_one_line_and_names_the_field():
         ({"schedule": "cubic"}, "schedule"),
         ({"sparsty": 0.5}, "sparsty"),
         ({"method": "transfer", "finetune_epochs": 0}, "finetune_epochs"),
+        ({"method": "quantize", "backend": "torchao", "quant_mode": "static"}, "torchao"),  # refused before any run, not mid-way
     ]:
         with pytest.raises(ConfigError) as e:
             parse_compress_config(raw)
