@@ -35,12 +35,22 @@ file; tests/test_tasks.py parametrizes over :func:`available_tasks`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["Task", "available_tasks", "build_task", "register_task"]
+__all__ = ["Task", "Toy", "available_tasks", "build_task", "register_task"]
+
+
+class Toy(NamedTuple):
+    """A tiny problem of a task's kind: an untrained model and a batch of valid (x, y)."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    input_shape: tuple[int, ...]
+    num_classes: int
 
 
 class Task:
@@ -92,6 +102,12 @@ class Task:
 
     def example_input(self, input_shape: Sequence[int], batch_size: int = 1) -> torch.Tensor:
         """A batch of valid inputs [batch_size, *input_shape] for latency, FLOPs and export."""
+        raise NotImplementedError
+
+    def toy(self, *, seed: int = 0, n: int = 16) -> Toy:
+        """A tiny model of this task's kind and ``n`` valid labelled samples, built from ``seed``
+        without touching the global RNG: what the task contract tests (tests/test_tasks.py)
+        and smoke checks run, so a new task needs no test code of its own."""
         raise NotImplementedError
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from research.evaluate import classification_metrics, predict
-from research.tasks import Task, register_task
+from research.tasks import Task, Toy, register_task
 
 
 @register_task("classification")
@@ -46,3 +46,14 @@ class Classification(Task):
 
     def example_input(self, input_shape: Sequence[int], batch_size: int = 1) -> torch.Tensor:
         return torch.randn(batch_size, *input_shape)
+
+    def toy(self, *, seed: int = 0, n: int = 16) -> Toy:
+        from research.models import build_model
+
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 12, generator=g)
+        y = torch.randint(0, 3, (n,), generator=g)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model("mlp", input_shape=(12,), num_classes=3, widths=[8])
+        return Toy(model, x, y, (12,), 3)
