@@ -314,7 +314,7 @@ class LearnedTemperature(Objective):
         return {"loss": terms.loss, "hard": terms.hard, "soft": terms.soft}
 
     def epoch_values(self):
-        return {"temperature": float(self.log_t.exp())}
+        return {"temperature": float(self.log_t.detach().exp())}
 
 
 def test_an_objective_with_a_learnable_parameter_trains_it_without_weight_decay(scratch_registry):
@@ -329,7 +329,7 @@ def test_an_objective_with_a_learnable_parameter_trains_it_without_weight_decay(
     d = build_distiller(student, [teacher_net(1)], cfg.distill)
     objective = d.objective
     assert isinstance(objective, LearnedTemperature) and objective.alpha == 0.2
-    assert float(objective.log_t.exp()) == pytest.approx(3.0)
+    assert float(objective.log_t.detach().exp()) == pytest.approx(3.0)
 
     train_cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, optimizer="adamw", weight_decay=0.5, device="cpu")
     opt = make_optimizer(d.param_groups(), train_cfg)
@@ -341,7 +341,7 @@ def test_an_objective_with_a_learnable_parameter_trains_it_without_weight_decay(
     history = fit(d, toy_split(96, unlabeled=32), train_cfg, seed=0, val=toy_split(32, seed=1), progress=False)
     assert not torch.equal(objective.log_t.detach(), before)  # it learned
     temps = [e["objective_temperature"] for e in history.epochs]  # logged per epoch via the epoch metrics
-    assert len(temps) == 3 and temps[-1] == pytest.approx(float(objective.log_t.exp()))
+    assert len(temps) == 3 and temps[-1] == pytest.approx(float(objective.log_t.detach().exp()))
     assert len(set(temps)) == 3
 
     d.to("meta")  # moves with .to(), like the student and the teachers (meta: observable without a GPU)

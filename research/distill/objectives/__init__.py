@@ -22,7 +22,7 @@ ranges, one-line messages) before anything is built -- the way
 factory's signature.
 
 An objective's own parameters (a learned temperature, learned teacher weights)
-are ordinary ``nn.Parameter``\\ s of the module: they move with ``.to()``, and
+are ordinary ``nn.Parameter`` attributes of the module: they move with ``.to()``, and
 the Distiller hands them to the optimizer as a separate parameter group with
 the options of :attr:`Objective.optimizer_options` (no weight decay by
 default). :meth:`Objective.epoch_values` reports scalars (the current
