@@ -161,7 +161,8 @@ def kd_loss_terms(
 
 def _check_temperature(temperature: float | torch.Tensor) -> None:
     if isinstance(temperature, torch.Tensor):
-        ok = temperature.dim() == 0 and bool(torch.isfinite(temperature)) and float(temperature) > 0
+        t = temperature.detach()
+        ok = t.dim() == 0 and bool(torch.isfinite(t)) and float(t) > 0
     else:
         ok = isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
     if not ok:
