@@ -10,13 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .data import DATASETS, check_data_available
+from .distill.objectives import available_objectives, objective_knob_names, validate_objective_args
 from .models import validate_model_args
+from .tasks import available_tasks
 
 
 class ConfigError(ValueError):
@@ -158,11 +160,33 @@ class CompressConfig(Strict):
 
 
 class DistillConfig(Strict):
+    """How the student learns from its teachers: a registered objective and its knobs.
+
+    ``objective`` names one of ``research.distill.objectives`` (default ``kd``).
+    The shared knobs ``temperature``, ``alpha``, ``teacher_weights`` and
+    ``combine`` stay top-level (study files, search keys such as
+    ``distill.temperature`` and ``--set distill.alpha=...`` use them) and reach the
+    objective when its signature has them; setting one the objective lacks is an
+    error. The objective's other knobs go under ``args`` and are checked against
+    its signature (see the objectives module docstring for why this shape).
+    """
+
+    SHARED_KNOBS: ClassVar[tuple[str, ...]] = ("temperature", "alpha", "teacher_weights", "combine")
+
+    objective: str = "kd"
     temperature: float = Field(4.0, gt=0)
     alpha: float = Field(0.1, ge=0, le=1)  # weight of the hard-label term
     teacher_weights: list[float] | None = None
     combine: Literal["probs", "logits"] = "probs"
     cache_teacher_logits: bool = True
+    args: dict[str, Any] = Field(default_factory=dict)  # the objective's own knobs beyond the shared ones
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        if v not in available_objectives():
+            raise ValueError(f"unknown objective {v!r}; available: {', '.join(available_objectives())}")
+        return v
 
     @field_validator("teacher_weights")
     @classmethod
@@ -174,6 +198,29 @@ class DistillConfig(Strict):
         if sum(v) <= 0:
             raise ValueError(f"teacher weights must not all be zero, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _objective_knobs(self) -> "DistillConfig":
+        accepted = objective_knob_names(self.objective)
+        for k in self.args:
+            if k in self.SHARED_KNOBS:
+                raise ValueError(f"args.{k}: set it as distill.{k}, not under args")
+            if k not in accepted:
+                own = [a for a in accepted if a not in self.SHARED_KNOBS]
+                raise ValueError(f"args.{k}: objective {self.objective!r} has no knob {k!r}; "
+                                 f"its knobs under args: {', '.join(own) or '(none)'}")
+        for k in self.SHARED_KNOBS:
+            default = type(self).model_fields[k].default
+            if k not in accepted and getattr(self, k) != default:
+                raise ValueError(f"{k}: objective {self.objective!r} has no knob {k!r} (leave it at {default!r}); "
+                                 f"its knobs: {', '.join(accepted) or '(none)'}")
+        validate_objective_args(self.objective, self.objective_knobs())
+        return self
+
+    def objective_knobs(self) -> dict[str, Any]:
+        """The keyword arguments of the objective: the shared knobs it accepts, then ``args``."""
+        accepted = objective_knob_names(self.objective)
+        return {**{k: getattr(self, k) for k in self.SHARED_KNOBS if k in accepted}, **self.args}
 
 
 class EvalConfig(Strict):
@@ -192,6 +239,7 @@ class TrackingConfig(Strict):
 class RunConfig(Strict):
     name: str = "run"
     seed: int = 0
+    task: str = "classification"  # a registered research.tasks name: what a batch is and how a model is scored
     data: DataConfig = Field(default_factory=DataConfig)
     teachers: list[TeacherConfig] = Field(default_factory=list)
     student: ModelSpec | None = None
@@ -206,6 +254,13 @@ class RunConfig(Strict):
     # What is compressed: the (first) teacher, a student distilled first (distil then compress),
     # or a fresh student (for transfer: pretrained on a source task, fine-tuned here).
     compress_source: Literal["teacher", "distilled", "student"] = "teacher"
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in available_tasks():
+            raise ValueError(f"unknown task {v!r}; available: {', '.join(available_tasks())}")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":

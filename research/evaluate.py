@@ -9,7 +9,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,16 +93,23 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu()
 
 
+ExampleInput = Callable[[int], torch.Tensor]  # batch size -> a batch of valid inputs (a Task's example_input)
+
+
 @torch.inference_mode()
-def measure_latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30, threads: int = 1, warmup: int = 3) -> float:
-    """Median CPU latency in milliseconds of one forward pass, with ``threads`` torch threads."""
+def measure_latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30, threads: int = 1, warmup: int = 3,
+                       example: ExampleInput | None = None) -> float:
+    """Median CPU latency in milliseconds of one forward pass, with ``threads`` torch threads.
+
+    The input is ``example(batch_size)`` (e.g. int tokens for a sequence task), by default
+    float noise of shape [batch_size, *input_shape]."""
     model = _cpu_copy(model)
     was_training = model.training
     model.eval()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = torch.randn(batch_size, *input_shape)
+        x = example(batch_size) if example is not None else torch.randn(batch_size, *input_shape)
         for _ in range(warmup):
             model(x)
         times = []
@@ -116,26 +123,30 @@ def measure_latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch_si
     return statistics.median(times)
 
 
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """FLOPs of one sample's forward pass by torch's own counter (a multiply-add counts 2)."""
+def count_flops(model: nn.Module, input_shape: Sequence[int], *, example: ExampleInput | None = None) -> int:
+    """FLOPs of one sample's forward pass by torch's own counter (a multiply-add counts 2);
+    the sample is ``example(1)``, by default zeros of shape [1, *input_shape]."""
     model = _cpu_copy(model)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, *input_shape))
+            model(example(1) if example is not None else torch.zeros(1, *input_shape))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
 
 
-def deployment_metrics(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1) -> dict[str, float]:
+def deployment_metrics(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1,
+                       example: ExampleInput | None = None) -> dict[str, float]:
+    """Parameters, bytes as saved, FLOPs and CPU latency; ``example`` as in :func:`measure_latency_ms`."""
     return {
         "params": float(count_parameters(model)),
         "params_nonzero": float(count_parameters(model, nonzero=True)),
         "size_bytes": float(saved_model_bytes(model)),
-        "flops": float(count_flops(model, input_shape)),
-        "latency_b1_ms": measure_latency_ms(model, input_shape, batch_size=1, repeats=repeats, threads=threads),
-        "latency_b256_ms": measure_latency_ms(model, input_shape, batch_size=256, repeats=max(3, repeats // 3), threads=threads),
+        "flops": float(count_flops(model, input_shape, example=example)),
+        "latency_b1_ms": measure_latency_ms(model, input_shape, batch_size=1, repeats=repeats, threads=threads, example=example),
+        "latency_b256_ms": measure_latency_ms(model, input_shape, batch_size=256, repeats=max(3, repeats // 3), threads=threads,
+                                              example=example),
         "latency_threads": float(threads),
     }

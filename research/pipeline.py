@@ -16,9 +16,10 @@ from torch import nn
 
 from .config import RunConfig, TeacherConfig, config_hash, flatten, teacher_augment_flag, teacher_key
 from .data import DataBundle, Split, default_augment, load_data
-from .distill import Distiller, SupervisedTask, TeacherLogitCache, teacher_log_probs
-from .evaluate import classification_metrics, deployment_metrics, predict
+from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
+from .evaluate import deployment_metrics
 from .models import build_model
+from .tasks import Task, build_task
 from .tracking import RunHandle, Tracker
 from .train import EpochCallback, History, fit, seed_everything
 
@@ -71,19 +72,20 @@ def evaluate_run(
     combine: str = "probs",
     with_deployment: bool = True,
 ) -> dict[str, float]:
-    """Validation and test metrics (with agreement to the teachers' combined
-    prediction when there are teachers), then size, latency and FLOPs."""
+    """Validation and test metrics of ``cfg.task`` (with agreement to the teachers' combined
+    prediction when there are teachers), then size, latency and FLOPs on the task's example input."""
+    task = build_task(cfg.task)
     out: dict[str, float] = {}
     for name, split in (("val", data.val), ("test", data.test)):
-        logits = predict(model, split.x, batch_size=cfg.eval.batch_size)
         t_logits = None
         if teachers:
-            t_each = [predict(t, split.x, batch_size=cfg.eval.batch_size) for t in teachers]
+            t_each = [task.predict(t, split.x, split.y, batch_size=cfg.eval.batch_size) for t in teachers]
             t_logits = teacher_log_probs(t_each, 1.0, teacher_weights, combine)  # log-probs are valid logits
-        m = classification_metrics(logits, split.y, teacher_logits=t_logits, ece_bins=cfg.eval.ece_bins)
+        m = task.evaluate(model, split.x, split.y, teacher_logits=t_logits, batch_size=cfg.eval.batch_size, ece_bins=cfg.eval.ece_bins)
         out.update({f"{name}_{k}": v for k, v in m.items()})
     if with_deployment:
-        out.update(deployment_metrics(model, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads))
+        out.update(deployment_metrics(model, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads,
+                                      example=lambda b: task.example_input(data.input_shape, b)))
     return out
 
 
@@ -115,7 +117,7 @@ def train_teacher(
         _log_config(run, cfg, config_path)
         augment = default_augment(cfg.data.dataset) if teacher_augment_flag(tc, cfg.data) else None
         history = fit(
-            SupervisedTask(model), data.train, tc.train, seed=tc.seed, val=data.val, augment=augment,
+            Supervised(model, task=build_task(cfg.task)), data.train, tc.train, seed=tc.seed, val=data.val, augment=augment,
             callbacks=_epoch_logger(run), progress=progress, desc=f"teacher {index} ({tc.model.name})",
         )
         metrics = {**evaluate_run(model, data, cfg), "train_time_s": history.wall_time_s}
@@ -165,27 +167,18 @@ def distillation_task(
     data: DataBundle,
     cfg: RunConfig,
     *,
-    temperature: float | None = None,
-    alpha: float | None = None,
-    teacher_weights: Sequence[float] | None = None,
     cache: TeacherLogitCache | None = None,
+    task: Task | None = None,
 ) -> Distiller:
-    """A Distiller with cached teacher logits when the inputs are not augmented."""
-    d = cfg.distill
+    """``cfg.distill``'s Distiller for all ``teachers`` (via ``build_distiller``), with cached
+    teacher logits when the inputs are not augmented."""
+    task = task or build_task(cfg.task)
     cached = None
-    if d.cache_teacher_logits and data.augment is None:
+    if cfg.distill.cache_teacher_logits and data.augment is None:
         cache = cache or TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
         fp = train_split.fingerprint()
-        cached = [cache.logits(t.model, train_split.x, fp, batch_size=cfg.eval.batch_size) for t in teachers]
-    return Distiller(
-        student,
-        [t.model for t in teachers],
-        temperature=d.temperature if temperature is None else temperature,
-        alpha=d.alpha if alpha is None else alpha,
-        teacher_weights=d.teacher_weights if teacher_weights is None else teacher_weights,
-        combine=d.combine,
-        cached_logits=cached,
-    )
+        cached = [cache.logits(t.model, train_split.x, fp, batch_size=cfg.eval.batch_size, task=task, y=train_split.y) for t in teachers]
+    return build_distiller(student, [t.model for t in teachers], cfg.distill, cached_logits=cached, task=task)
 
 
 def train_student(
@@ -222,7 +215,8 @@ def train_student(
     train_cfg = cfg.train if distilled or cfg.baseline_train is None else cfg.baseline_train
     seed_everything(seed, train_cfg.deterministic)  # the initial weights follow the seed too
     student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
-    task = distillation_task(student, teachers, train_split, data, cfg, cache=cache) if distilled else SupervisedTask(student)
+    task = build_task(cfg.task)
+    learner = distillation_task(student, teachers, train_split, data, cfg, cache=cache, task=task) if distilled else Supervised(student, task=task)
     teacher_ids = ",".join(t.run_id for t in teachers if t.run_id)
     tags = {
         "method": "distill" if distilled else "student",
@@ -247,7 +241,7 @@ def train_student(
             run.log_params(params)
             _log_config(run, cfg, config_path)
         history: History = fit(
-            task, train_split, train_cfg, seed=seed, val=None if full_train else data.val, augment=data.augment,
+            learner, train_split, train_cfg, seed=seed, val=None if full_train else data.val, augment=data.augment,
             callbacks=[*_epoch_logger(run), *callbacks], progress=progress, desc=name,
         )
         metrics = evaluate_run(
@@ -328,9 +322,10 @@ def compress_run(
         run.log_params(params)
         _log_config(run, cfg, config_path)
         t0 = time.perf_counter()
-        # Fine-tuning distils from the teacher when the compressed model is a distilled student.
-        teacher = teachers[0].model if cfg.compress_source == "distilled" and teachers else None
-        cm = compress(base, None, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teacher=teacher, distill=cfg.distill,
+        # Fine-tuning distils from ALL the teachers, as the distillation did (cfg.distill: objective,
+        # weights, combine, logit cache), when the compressed model is a distilled student.
+        ft_teachers = [t.model for t in teachers] if cfg.compress_source == "distilled" else []
+        cm = compress(base, None, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teachers=ft_teachers, distill=cfg.distill,
                       cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=progress)
         compress_time = time.perf_counter() - t0
         metrics = evaluate_run(cm.model, data, cfg, teachers=[t.model for t in teachers], teacher_weights=cfg.distill.teacher_weights,

@@ -1,11 +1,16 @@
-"""One training loop for every method: a task, a split, a TrainConfig, callbacks.
+"""One training loop for every method: a learner, a split, a TrainConfig, callbacks.
 
-Batches are drawn by index from in-memory tensors (all the workbench's
-datasets fit), which keeps the loop within a few percent of a hand-written
-one and lets a distiller look cached teacher logits up by sample index.
-Each epoch ends with the validation metrics and a call of every callback:
-that is where Optuna pruning and MLflow metrics hang (neither is imported
-here).
+A *learner* (:class:`Learner`: ``research.distill.Supervised`` or
+``Distiller``) is what the loop drives; its *task* (``research.tasks``) says
+how a model is called on a batch and how it is validated. Batches are drawn by
+index from in-memory tensors (all the workbench's datasets fit), which keeps
+the loop within a few percent of a hand-written one and lets a distiller look
+cached teacher logits up by sample index. Each step gets the training
+:class:`~research.distill.objectives.Progress` (epoch, global step, totals).
+Each epoch ends with the learner's own per-epoch values (an objective's
+learned temperature, say), the task's validation metrics (``val_<name>``) and
+a call of every callback: that is where Optuna pruning and MLflow metrics hang
+(neither is imported here).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -25,7 +30,8 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .data import Split
 from .distill.distiller import StepOutput
-from .evaluate import predict, classification_metrics
+from .distill.objectives import Progress
+from .tasks import Task
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -34,13 +40,18 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (diverged)."""
 
 
-class Task(Protocol):
-    model: nn.Module
+class Learner(Protocol):
+    """What the loop drives (see ``research.distill.distiller``)."""
 
-    def parameters(self) -> Iterable[nn.Parameter]: ...
-    def train(self, mode: bool = True) -> "Task": ...
-    def to(self, device: torch.device | str) -> "Task": ...
-    def training_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None) -> StepOutput: ...
+    model: nn.Module  # what is validated, evaluated and saved
+    task: Task
+
+    def param_groups(self) -> list[dict[str, Any]]: ...  # torch optimizer groups; options override TrainConfig's
+    def train(self, mode: bool = True) -> "Learner": ...
+    def to(self, device: torch.device | str) -> "Learner": ...
+    def epoch_values(self) -> dict[str, float]: ...
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None = None,
+                      progress: Progress | None = None) -> StepOutput: ...
 
 
 @dataclass
@@ -73,13 +84,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg``'s optimizer over parameters, or over parameter groups (dicts with ``params`` and
+    options that override ``cfg``'s, e.g. an objective's ``weight_decay: 0``). Parameters that
+    do not require gradients are left out; groups left empty are dropped."""
+    items = list(params)
+    groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    groups = [g for g in groups if g["params"]] or [{"params": []}]  # all empty: torch's own error
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
@@ -91,8 +108,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.
     return None
 
 
-def train_step(task: Task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None) -> StepOutput:
-    out = task.training_step(x, y, idx)
+def train_step(learner: Learner, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor | None,
+               progress: Progress | None = None) -> StepOutput:
+    out = learner.training_step(x, y, idx, progress)
     optimizer.zero_grad(set_to_none=True)
     out.losses["loss"].backward()
     optimizer.step()
@@ -100,7 +118,7 @@ def train_step(task: Task, optimizer: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def fit(
-    task: Task,
+    learner: Learner,
     train: Split,
     cfg: TrainConfig,
     *,
@@ -111,7 +129,7 @@ def fit(
     progress: bool = True,
     desc: str = "train",
 ) -> History:
-    """Train ``task`` on ``train`` for ``cfg.epochs``; validation metrics each epoch.
+    """Train ``learner`` on ``train`` for ``cfg.epochs``; its task's validation metrics each epoch.
 
     Raises :class:`NonFiniteLossError` when the loss diverges; any exception
     raised by a callback (an Optuna prune, say) stops training and propagates.
@@ -120,9 +138,10 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    task.to(device)
+    learner.to(device)
+    task = learner.task
     x_all, y_all = train.x.to(device), train.y.to(device)
-    optimizer = make_optimizer(task.parameters(), cfg)
+    optimizer = make_optimizer(learner.param_groups(), cfg)
     scheduler = make_scheduler(optimizer, cfg)
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator(device=device).manual_seed(seed + 1)
@@ -134,10 +153,12 @@ def fit(
     try:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            task.train(True)
+            learner.train(True)
             sums: dict[str, float] = {}
             order = torch.randperm(n, generator=gen).to(device)
             for i in range(0, n, cfg.batch_size):
+                progress_now = Progress(epoch=epoch, epochs=cfg.epochs, step=(epoch - 1) * steps + i // cfg.batch_size + 1,
+                                        steps_per_epoch=steps)
                 idx = order[i : i + cfg.batch_size]
                 x, y = x_all[idx], y_all[idx]
                 if augment is not None:
@@ -145,7 +166,7 @@ def fit(
                     idx_for_cache = None  # augmented inputs: teacher logits must be recomputed
                 else:
                     idx_for_cache = idx
-                out = train_step(task, optimizer, x, y, idx_for_cache)
+                out = train_step(learner, optimizer, x, y, idx_for_cache, progress_now)
                 values = {k: v.detach().item() for k, v in out.losses.items()}
                 if not math.isfinite(values["loss"]):
                     raise NonFiniteLossError(f"training loss became {values['loss']} at epoch {epoch}, step {i // cfg.batch_size + 1}")
@@ -158,17 +179,18 @@ def fit(
             metrics = {f"train_{k}": v / n for k, v in sums.items()}
             metrics["lr"] = lr
             metrics["epoch_time_s"] = time.perf_counter() - t0
+            metrics.update(learner.epoch_values())
             if val is not None and len(val):
-                task.train(False)
-                logits = predict(task.model, val.x, device=device)
-                vm = classification_metrics(logits, val.y)
-                metrics.update({"val_accuracy": vm["accuracy"], "val_nll": vm["nll"]})
-                bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{vm['accuracy']:.3f}")
+                learner.train(False)
+                vm = task.epoch_metrics(learner.model, val.x, val.y, device=device)
+                metrics.update({f"val_{k}": v for k, v in vm.items()})
+                key = task.validation_metric
+                bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", **{f"val_{key}": f"{vm[key]:.3f}"})
             history.epochs.append(metrics)
             for cb in callbacks:
                 cb(epoch, metrics)
     finally:
         bar.close()
-        task.train(False)
+        learner.train(False)
         history.wall_time_s = time.perf_counter() - start
     return history

@@ -444,7 +444,7 @@ def test_transfer_pretrains_then_finetunes(data):
 def test_distil_then_prune_can_finetune_by_distillation(mlp, cnn, data):
     cfg = CompressConfig(sparsity=0.7, finetune_epochs=1)
     plain = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT)
-    distilled = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT, teacher=_copy(cnn))
+    distilled = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT, teachers=[_copy(cnn)])
     assert distilled.extra["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert not torch.equal(predict(plain.model, data.val.x), predict(distilled.model, data.val.x))  # a different loss was used
 

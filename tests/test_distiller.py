@@ -1,5 +1,6 @@
 """The distiller keeps its teachers frozen; the cache is exact and never stale."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -131,3 +132,71 @@ def test_same_seed_gives_identical_training():
     assert m1 == m2
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert m1 != m3
+
+
+# ---------------------------------------------------------------- one Distiller per config, also when fine-tuning
+
+
+def _toy_bundle():
+    from research.data import DataBundle
+
+    tr, va, te = toy_split(200, seed=0), toy_split(60, seed=1), toy_split(60, seed=2)
+    return DataBundle(name="toy", train=tr, val=va, test=te, transfer=None, num_classes=3, input_shape=(12,), augment=None)
+
+
+def _expected_kd(student_logits, teacher_logits, labels, *, T, alpha, weights):
+    """Written out from the convention (combine: logits): no call into research.distill."""
+    s = student_logits.detach().double()
+    mixed = sum(w * t.double() for w, t in zip(weights, teacher_logits))
+    p = torch.softmax(mixed / T, 1)
+    log_q = torch.log_softmax(s / T, 1)
+    soft = (p * (torch.log(p) - log_q)).sum(1).mean()
+    lab = labels >= 0
+    hard = -torch.log_softmax(s[lab], 1)[torch.arange(int(lab.sum())), labels[lab]].mean()
+    return float(soft), float(alpha * hard + (1 - alpha) * T**2 * soft)
+
+
+def test_distil_then_prune_finetunes_from_all_teachers_with_the_run_distill_config(workdir, monkeypatch):
+    """Fails before build_distiller: compress_run passed teachers[0] only and finetune built a
+    Distiller without the teacher weights, the combine mode and the logit cache."""
+    from research.config import RunConfig
+    from research.distill import Distiller
+    from research.pipeline import Teacher, compress_run
+    from research.tracking import Tracker
+
+    T, alpha, weights = 3.0, 0.3, [0.25, 0.75]
+    torch.manual_seed(0)
+    teachers = [nn.Linear(12, 3), nn.Linear(12, 3)]
+    with torch.no_grad():  # confident, different teachers: a wrong target is plain to see
+        for t in teachers:
+            t.weight.mul_(4.0)
+    cfg = RunConfig.model_validate({
+        "teachers": [{"model": {"name": "mlp"}}, {"model": {"name": "mlp"}}],
+        "student": {"name": "mlp", "args": {"widths": [16]}},
+        "train": {"epochs": 1, "batch_size": 50, "device": "cpu", "threads": 1},
+        "distill": {"temperature": T, "alpha": alpha, "teacher_weights": weights, "combine": "logits"},
+        "compress": {"method": "prune", "sparsity": 0.5, "finetune_epochs": 1},
+        "compress_source": "distilled",
+        "eval": {"latency_repeats": 1},
+        "tracking": {"experiment": "ft", "log_model": False},
+    })
+    seen = []
+    original = Distiller.training_step
+
+    def spy(self, x, y, idx=None, *rest):
+        out = original(self, x, y, idx, *rest)
+        seen.append((id(self.model), x, y, out))
+        return out
+
+    monkeypatch.setattr(Distiller, "training_step", spy)
+    compress_run(cfg, _toy_bundle(), Tracker(), seed=0, teachers=[Teacher(t.eval(), None) for t in teachers], progress=False)
+
+    students = list(dict.fromkeys(s for s, *_ in seen))
+    assert len(students) == 2  # the distilled base, then its pruned copy being fine-tuned
+    for student, x, y, out in seen:
+        with torch.no_grad():
+            t_logits = [t(x) for t in teachers]
+        soft, loss = _expected_kd(out.logits, t_logits, y, T=T, alpha=alpha, weights=weights)
+        stage = "fine-tuning" if student == students[1] else "distillation"
+        assert out.losses["soft"].item() == pytest.approx(soft, rel=1e-4), stage
+        assert out.losses["loss"].item() == pytest.approx(loss, rel=1e-4), stage

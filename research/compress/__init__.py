@@ -26,6 +26,7 @@ changes it, and returns a new model: "distil then quantize / prune" is
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def compress(
     *,
     seed: int,
     finetune_cfg: TrainConfig | None = None,
-    teacher: nn.Module | None = None,
+    teachers: Sequence[nn.Module] = (),
     distill: DistillConfig | None = None,
     cache_dir: str | Path = ".cache",
     threads: int = 1,
@@ -120,8 +121,9 @@ def compress(
 
     Fine-tuning (prune, lowrank, transfer) trains with ``finetune_cfg`` (default
     TrainConfig()) for ``cfg.finetune_epochs`` epochs at ``cfg.finetune_lr`` (if
-    set) on ``data.train``, validating on ``data.val``; with a ``teacher`` it
-    distils (``distill``'s temperature and alpha). Calibration (static int8) uses
+    set) on ``data.train``, validating on ``data.val``; with ``teachers`` it
+    distils from all of them as ``distill`` says (``research.distill.build_distiller``:
+    objective, weights, combine, logit cache). Calibration (static int8) uses
     ``cfg.calibration_samples`` training samples. ``threads``: ONNX Runtime
     intra-op threads of the returned ``OrtModule``. ``cache_dir``: where
     MNIST-1D's cached arrays live (transfer from ``mnist1d_seed``).
@@ -131,7 +133,7 @@ def compress(
     work = copy.deepcopy(model)
     work.requires_grad_(True)  # a frozen teacher is a valid input; its copy must be fine-tunable
     was_training = work.training
-    ft = finetuner(data, finetune_cfg, lr=cfg.finetune_lr, seed=seed, teacher=teacher, distill=distill, progress=progress)
+    ft = finetuner(data, finetune_cfg, lr=cfg.finetune_lr, seed=seed, teachers=teachers, distill=distill, progress=progress)
     steps = cfg.iterative_steps if cfg.schedule == "iterative" else 1
     tags = {"method": cfg.method}
 
@@ -187,7 +189,7 @@ def compress(
         else:
             source = label_subset_source(data, cfg.source_classes)
         pre, post = pretrain_then_finetune(
-            work, source, data, seed=seed, teacher=teacher, distill=distill, progress=progress,
+            work, source, data, seed=seed, teachers=teachers, distill=distill, progress=progress,
             pretrain_cfg=finetune_config(finetune_cfg, epochs=cfg.pretrain_epochs, lr=cfg.finetune_lr),
             finetune_cfg=finetune_config(finetune_cfg, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr),
         )

@@ -2,8 +2,11 @@
 
 Every fine-tuning goes through ``research.train.fit`` on the training split,
 validated on the validation split (the test split is never seen), with
-``SupervisedTask`` -- or a ``Distiller`` when a teacher is given, so that
-"distil then prune" can also fine-tune by distillation.
+``Supervised`` -- or, when teachers are given, the Distiller that
+``research.distill.build_distiller`` makes from the run's ``DistillConfig``
+(all the teachers, their weights, the combine mode, the objective and the
+teacher-logit cache), so that "distil then prune" fine-tunes by the same
+distillation that made the student.
 
 The transfer baseline pretrains the student on a *source* task and then
 fine-tunes all of it on the real one:
@@ -18,7 +21,7 @@ fine-tunes all of it on the real one:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +29,7 @@ from torch import nn
 
 from research.config import DistillConfig, TrainConfig
 from research.data import DataBundle, Split
-from research.distill import Distiller, SupervisedTask
+from research.distill import Supervised, TeacherLogitCache, build_distiller
 from research.train import History, fit
 
 
@@ -42,20 +45,29 @@ def finetune(
     cfg: TrainConfig,
     *,
     seed: int,
-    teacher: nn.Module | None = None,
+    teachers: Sequence[nn.Module] = (),
     distill: DistillConfig | None = None,
     train: Split | None = None,
+    cache: TeacherLogitCache | None = None,
     progress: bool = False,
     desc: str = "finetune",
 ) -> History:
     """Train ``model`` in place on ``train`` (default: the training split) for ``cfg.epochs``:
-    on the labels, or distilled from ``teacher`` (frozen) with ``distill``'s temperature and alpha."""
-    if teacher is not None:
+    on the labels, or distilled from ``teachers`` (frozen) by ``build_distiller`` with ``distill``
+    (default DistillConfig()). With ``distill.cache_teacher_logits`` and no augmentation the
+    teachers' logits come from ``cache`` (default: a fresh in-memory one)."""
+    split = train or data.train
+    if teachers:
         d = distill or DistillConfig()
-        task = Distiller(model, teacher, temperature=d.temperature, alpha=d.alpha)
+        cached = None
+        if d.cache_teacher_logits and data.augment is None:
+            cache = cache if cache is not None else TeacherLogitCache()
+            fp = split.fingerprint()
+            cached = [cache.logits(t, split.x, fp) for t in teachers]
+        learner = build_distiller(model, teachers, d, cached_logits=cached)
     else:
-        task = SupervisedTask(model)
-    return fit(task, train or data.train, cfg, seed=seed, val=data.val, augment=data.augment, progress=progress, desc=desc)
+        learner = Supervised(model)
+    return fit(learner, split, cfg, seed=seed, val=data.val, augment=data.augment, progress=progress, desc=desc)
 
 
 def finetuner(
@@ -64,18 +76,20 @@ def finetuner(
     *,
     lr: float | None,
     seed: int,
-    teacher: nn.Module | None = None,
+    teachers: Sequence[nn.Module] = (),
     distill: DistillConfig | None = None,
     progress: bool = False,
     desc: str = "finetune",
 ) -> Callable[[nn.Module, int], History]:
-    """A ``finetune(model, epochs)`` callback for the pruning schedules; round k uses seed + k."""
+    """A ``finetune(model, epochs)`` callback for the pruning schedules; round k uses seed + k.
+    The rounds share one in-memory teacher-logit cache (the teachers do not change)."""
     rounds = [0]
+    cache = TeacherLogitCache()
 
     def run(model: nn.Module, epochs: int) -> History:
         cfg = finetune_config(base, epochs=epochs, lr=lr)
         rounds[0] += 1
-        return finetune(model, data, cfg, seed=seed + rounds[0] - 1, teacher=teacher, distill=distill,
+        return finetune(model, data, cfg, seed=seed + rounds[0] - 1, teachers=teachers, distill=distill, cache=cache,
                         progress=progress, desc=f"{desc} {rounds[0]}")
 
     return run
@@ -126,14 +140,15 @@ def pretrain_then_finetune(
     pretrain_cfg: TrainConfig,
     finetune_cfg: TrainConfig,
     seed: int,
-    teacher: nn.Module | None = None,
+    teachers: Sequence[nn.Module] = (),
     distill: DistillConfig | None = None,
     progress: bool = False,
 ) -> tuple[History, History]:
-    """Train ``model`` (in place) on ``source`` with the labels, then all of it on ``target``."""
+    """Train ``model`` (in place) on ``source`` with the labels, then all of it on ``target``
+    (distilled from ``teachers`` with ``distill`` when given)."""
     if source.input_shape != target.input_shape:
         raise ValueError(f"source inputs {source.input_shape} and target inputs {target.input_shape} differ")
     pre = finetune(model, source, pretrain_cfg, seed=seed, progress=progress, desc="pretrain")
-    post = finetune(model, target, finetune_cfg, seed=seed + 1, teacher=teacher, distill=distill,
+    post = finetune(model, target, finetune_cfg, seed=seed + 1, teachers=teachers, distill=distill,
                     progress=progress, desc="finetune")
     return pre, post

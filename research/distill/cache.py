@@ -12,11 +12,15 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..evaluate import predict
+
+if TYPE_CHECKING:
+    from ..tasks import Task
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -49,7 +53,12 @@ class TeacherLogitCache:
         *,
         batch_size: int = 1024,
         device: str | torch.device = "cpu",
+        task: "Task | None" = None,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The teacher's logits for every row of ``x``, as ``task.predict`` computes them
+        (default: the model called on the inputs, ``research.evaluate.predict``); ``y`` for
+        tasks whose forward reads the targets. The data fingerprint must cover ``y`` then."""
         key = self.key(teacher, data_fingerprint)
         if key in self._memory:
             self.hits += 1
@@ -60,7 +69,10 @@ class TeacherLogitCache:
             value = torch.load(path, weights_only=True)
         else:
             self.misses += 1
-            value = predict(teacher, x, batch_size=batch_size, device=device)
+            if task is None:
+                value = predict(teacher, x, batch_size=batch_size, device=device)
+            else:
+                value = task.predict(teacher, x, y, batch_size=batch_size, device=device)
             if path is not None:
                 _atomic_save(value, path)
         self._memory[key] = value

@@ -14,18 +14,31 @@ their softened probabilities (``combine="probs"``) or the softmax of their
 weighted logits (``combine="logits"``); weights are normalised onto the
 simplex. Labels below zero mark unlabeled samples (a transfer set): they add
 only the soft term, and a batch with no labelled sample has no hard term.
+
+Shapes: logits are rows of class scores, [B, C] (a sequence task hands over
+its positions as rows, [N, V], see ``research.tasks``). The teachers' logits
+are a list of K tensors of the student's shape, one per teacher; a single
+tensor is accepted as ONE teacher's logits for convenience, never read as K
+stacked teachers (a [B, L, V] tensor would be ambiguous). Teacher weights
+are [K] (one weight per teacher) or [B, K] (per sample, each row on the
+simplex: an adaptive weighting rule's output).
+
+This module holds plain functions; the registered objective that the
+training uses is ``research.distill.objectives.kd.KD``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 COMBINE_MODES = ("probs", "logits")
+
+TeacherLogits = Union[torch.Tensor, Sequence[torch.Tensor]]  # one teacher's [B, C], or a list of K of them
 
 
 @dataclass(frozen=True)
@@ -55,42 +68,87 @@ def normalize_teacher_weights(weights: Sequence[float] | torch.Tensor | None, k:
 
 
 def teacher_log_probs(
-    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
-    temperature: float,
+    teacher_logits: TeacherLogits,
+    temperature: float | torch.Tensor,
     teacher_weights: Sequence[float] | torch.Tensor | None = None,
     combine: str = "probs",
 ) -> torch.Tensor:
-    """log p_teacher at temperature T, [B, C], for one teacher or a weighted ensemble."""
+    """log p_teacher at temperature T, shaped like one teacher's logits, for one teacher or a weighted ensemble.
+
+    ``teacher_weights``: None (uniform), [K] or [B, K] (per sample); see the module docstring.
+    The teachers' logits are detached: no gradient ever reaches a teacher. Weights and
+    temperature are not detached, so an objective may learn them.
+    """
     if combine not in COMBINE_MODES:
         raise ValueError(f"combine must be one of {COMBINE_MODES}, got {combine!r}")
-    stacked = _stack(teacher_logits)  # [K, B, C]
-    if stacked.shape[0] == 1:  # one teacher: no mixing (and no per-step weight checks)
-        return F.log_softmax(stacked[0] / temperature, dim=-1)
-    w = normalize_teacher_weights(teacher_weights, stacked.shape[0]).to(stacked)
+    logits = teacher_list(teacher_logits)
+    if len(logits) == 1:  # one teacher: no mixing (and no per-step weight checks)
+        return F.log_softmax(logits[0] / temperature, dim=-1)
+    stacked = torch.stack(logits)  # [K, B, C]
+    w = _mixing_weights(teacher_weights, stacked)  # [K, 1, 1] or [K, B, 1]
     if combine == "logits":
-        mixed = (w.view(-1, 1, 1) * stacked).sum(0)
+        mixed = (w * stacked).sum(0)
         return F.log_softmax(mixed / temperature, dim=-1)
     # Mixture of probabilities in log space: log sum_k w_k softmax(t_k / T).
-    log_p = F.log_softmax(stacked / temperature, dim=-1) + torch.log(w).view(-1, 1, 1)
+    log_p = F.log_softmax(stacked / temperature, dim=-1) + torch.log(w)
     return torch.logsumexp(log_p, dim=0)
+
+
+def teacher_list(teacher_logits: TeacherLogits) -> list[torch.Tensor]:
+    """The teachers' logits as an explicit list of K detached tensors.
+
+    A single tensor is one teacher's logits and must be [B, C]; K teachers come as a
+    list (a 3-D tensor is refused rather than guessed to be K stacked teachers).
+    """
+    if isinstance(teacher_logits, torch.Tensor):
+        if teacher_logits.dim() != 2:
+            raise ValueError(
+                f"a single tensor of teacher logits must be one teacher's [B, C], got {tuple(teacher_logits.shape)}; "
+                "pass K teachers as a list of K tensors"
+            )
+        return [teacher_logits.detach()]
+    logits = [t.detach() for t in teacher_logits]
+    if not logits:
+        raise ValueError("at least one teacher's logits are needed")
+    shapes = {tuple(t.shape) for t in logits}
+    if len(shapes) > 1:
+        raise ValueError(f"the teachers' logits differ in shape: {sorted(shapes)}")
+    return logits
+
+
+def _mixing_weights(weights: Sequence[float] | torch.Tensor | None, stacked: torch.Tensor) -> torch.Tensor:
+    """Weights on the simplex, broadcastable against ``stacked`` [K, B, ..., C]."""
+    k = stacked.shape[0]
+    if isinstance(weights, torch.Tensor) and weights.dim() == 2:  # per sample, [B, K]
+        if weights.shape != (stacked.shape[1], k):
+            raise ValueError(f"per-sample teacher weights must be [B, K] = {(stacked.shape[1], k)}, got {tuple(weights.shape)}")
+        if not torch.isfinite(weights).all() or (weights < 0).any() or (weights.sum(1) <= 0).any():
+            raise ValueError("per-sample teacher weights must be finite, non-negative, with a positive sum in every row")
+        w = (weights / weights.sum(1, keepdim=True)).to(stacked).t()  # [K, B]
+        return w.reshape(k, stacked.shape[1], *([1] * (stacked.dim() - 2)))
+    w = normalize_teacher_weights(weights, k).to(stacked)
+    return w.reshape(k, *([1] * (stacked.dim() - 1)))
 
 
 def kd_loss_terms(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+    teacher_logits: TeacherLogits,
     labels: torch.Tensor | None,
     *,
-    temperature: float,
+    temperature: float | torch.Tensor,
     alpha: float,
     teacher_weights: Sequence[float] | torch.Tensor | None = None,
     combine: str = "probs",
 ) -> KDTerms:
-    """The loss with its terms; see the module docstring for the convention."""
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    """The loss with its terms; see the module docstring for the convention.
+
+    ``temperature`` may be a 0-d tensor (a learned temperature): the gradient then
+    reaches it through both softmaxes and the T^2 factor.
+    """
+    _check_temperature(temperature)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    log_p = teacher_log_probs(teacher_logits, temperature, teacher_weights, combine).detach()
+    log_p = teacher_log_probs(teacher_logits, temperature, teacher_weights, combine)
     if log_p.shape != student_logits.shape:
         raise ValueError(f"teacher logits {tuple(log_p.shape)} do not match student logits {tuple(student_logits.shape)}")
     log_q = F.log_softmax(student_logits / temperature, dim=-1)
@@ -99,6 +157,16 @@ def kd_loss_terms(
     hard = masked_cross_entropy(student_logits, labels)
     loss = alpha * hard + (1.0 - alpha) * temperature**2 * soft
     return KDTerms(loss=loss, hard=hard.detach(), soft=soft.detach())
+
+
+def _check_temperature(temperature: float | torch.Tensor) -> None:
+    if isinstance(temperature, torch.Tensor):
+        t = temperature.detach()
+        ok = t.dim() == 0 and bool(torch.isfinite(t)) and float(t) > 0
+    else:
+        ok = isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
+    if not ok:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
 
 
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -116,18 +184,19 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor | None) -> t
 
 def kd_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor | Sequence[torch.Tensor],
+    teacher_logits: TeacherLogits,
     labels: torch.Tensor | None,
     *,
-    temperature: float,
+    temperature: float | torch.Tensor,
     alpha: float,
     teacher_weights: Sequence[float] | torch.Tensor | None = None,
     combine: str = "probs",
 ) -> torch.Tensor:
     """Scalar distillation loss (Hinton et al. 2015) in the workbench's convention.
 
-    ``teacher_logits`` is one [B, C] tensor or a sequence of K of them. Use
-    :func:`kd_loss_terms` to get the hard and soft terms as well.
+    ``teacher_logits`` is a list of K [B, C] tensors, or for convenience one
+    [B, C] tensor (one teacher; a 3-D tensor is refused, never read as K
+    teachers). Use :func:`kd_loss_terms` to get the hard and soft terms as well.
     """
     return kd_loss_terms(
         student_logits,
@@ -138,18 +207,3 @@ def kd_loss(
         teacher_weights=teacher_weights,
         combine=combine,
     ).loss
-
-
-def _stack(teacher_logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    if isinstance(teacher_logits, torch.Tensor):
-        if teacher_logits.dim() == 2:
-            return teacher_logits.unsqueeze(0)
-        if teacher_logits.dim() == 3:
-            return teacher_logits
-        raise ValueError(f"teacher logits must be [B, C] or [K, B, C], got {tuple(teacher_logits.shape)}")
-    logits = list(teacher_logits)
-    if not logits:
-        raise ValueError("at least one teacher's logits are needed")
-    if len(logits) == 1:  # a view, no copy
-        return logits[0].detach().unsqueeze(0)
-    return torch.stack([t.detach() for t in logits])
