@@ -95,15 +95,31 @@ def test_iterative_pruning_fine_tunes_between_rounds_and_keeps_pruned_weights_at
     def finetune(model, epochs):
         zeros = sum(int((effective_weight(m) == 0).sum()) for m in model)
         calls.append((epochs, zeros))
-        with torch.no_grad():  # training would move every weight; the masks must keep pruned ones at 0
+        with torch.no_grad():  # training moves every weight; the masks must keep the pruned ones at 0
             for m in model:
                 m.weight_orig.add_(0.01)
+            model[1].weight_orig[1, 0] = 10.0  # the 1.0 grows: the next round must rank by the new values
 
     model = global_magnitude_prune(two_layers(), 0.75, steps=2, finetune=finetune, finetune_epochs=3)
     assert calls == [(1, 4), (2, 6)]  # 4 then 6 of 8 weights zero; epochs split 1 + 2
     assert measured_sparsity(model)["weights_zero"] == 6.0
-    # left after round 1: -4, 3 | -2, 1; fine-tuned to -3.99, 3.01 | -1.99, 1.01: round 2 takes the last two
-    assert zero_mask(model) == [[[1, 0], [0, 1]], [[1, 1], [1, 1]]]
+    # left after round 1: -4, 3 | -2, 1; fine-tuned to -3.99, 3.01 | -1.99, 10: round 2 removes 3.01 and -1.99
+    assert zero_mask(model) == [[[1, 0], [1, 1]], [[1, 1], [0, 1]]]
+    assert model[1].weight[1, 0].item() == 10.0
+
+
+def test_one_shot_by_default_fine_tuned_once_with_every_epoch():
+    calls = []
+    global_magnitude_prune(two_layers(), 0.5, finetune=lambda m, e: calls.append(e), finetune_epochs=3)
+    assert calls == [3]
+    global_magnitude_prune(two_layers(), 0.5, finetune=lambda m, e: calls.append(e))  # no epochs given: no fine-tuning
+    assert calls == [3]
+    global_magnitude_prune(two_layers(), 0.5, finetune_epochs=2)  # epochs but nothing to call: fine
+
+
+def test_a_single_weight_is_pruned_when_the_count_is_one():
+    model = global_magnitude_prune(two_layers(), 0.125)  # round(1.0) = 1: the 0.1
+    assert zero_mask(model) == [[[1, 0], [0, 0]], [[0, 0], [0, 0]]]
 
 
 def test_no_finetune_call_for_zero_epochs():
@@ -199,6 +215,14 @@ def test_factorized_conv_keeps_kernel_stride_padding_and_bias():
     close(conv(x), want)
     with pytest.raises(ValueError, match="groups=1"):
         factorize_conv(nn.Conv1d(2, 2, 3, groups=2), 1)
+
+
+def test_factorized_conv_keeps_dilation_and_padding_mode():
+    conv = nn.Conv1d(1, 2, 3, padding=2, dilation=2, padding_mode="circular")
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[1.0, -1.0, 2.0]], [[3.0, -3.0, 6.0]]]))  # rank 1
+    x = torch.tensor([[[1.0, 0.0, -1.0, 2.0, 1.0, 3.0]]])
+    close(factorize_conv(conv, 1)(x), conv(x).tolist())
 
 
 def test_layer_rank_is_kept_only_when_it_shrinks_the_layer():
