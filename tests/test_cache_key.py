@@ -70,6 +70,9 @@ def test_hits_and_misses_are_counted_one_by_one_and_memory_hits_return_the_logit
         assert disk.logits(One(), x, "d").flatten().tolist() == [0.0, 2.0, 4.0, 6.0]
         assert (disk.hits, disk.misses) == (n, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{disk.key(One(), 'd')}.pt"]
+    cache.logits(One(), x, "other")  # a second entry on disk
+    disk.logits(One(), x, "other")  # a disk hit after two memory hits: counted on top of them
+    assert (disk.hits, disk.misses) == (3, 0)
 
 
 class Payload:

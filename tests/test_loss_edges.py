@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from research.distill import Distiller, kd_loss, kd_loss_terms
+from research.distill import Distiller, SupervisedTask, kd_loss, kd_loss_terms
 from research.distill.loss import KDTerms, masked_cross_entropy, normalize_teacher_weights, teacher_log_probs
 
 
@@ -94,7 +94,7 @@ def test_terms_as_floats():
 @pytest.mark.parametrize(
     "teachers, match",
     [
-        ([], r"at least one teacher's logits are needed"),
+        ([], r"^at least one teacher's logits are needed$"),
         (torch.zeros(1, 2, 6, 4, dtype=torch.float64), r"teacher logits must be \[B, C\] or \[K, B, C\], got \(1, 2, 6, 4\)"),
         (torch.zeros(6, 5, dtype=torch.float64), r"teacher logits \(6, 5\) do not match student logits \(6, 4\)"),
     ],
@@ -196,3 +196,35 @@ def test_kd_loss_terms_detach_the_terms_but_not_the_loss():
     terms = kd_loss_terms(s, logits(1), torch.tensor([0, 1, 2, 3, 0, 1]), temperature=2.0, alpha=0.5)
     assert terms.loss.requires_grad and not terms.hard.requires_grad and not terms.soft.requires_grad
     assert math.isfinite(float(terms.loss.detach()))
+
+
+# ---------------------------------------------------------------- SupervisedTask
+
+
+def test_supervised_step_is_cross_entropy_over_the_labelled_samples():
+    x, _ = batch()
+    s = logits(0)
+    y = torch.tensor([0, -1, 1, 3, -1, 2])
+    out = SupervisedTask(Fixed(s)).training_step(x, y)
+    keep = y >= 0
+    want = -torch.log(torch.softmax(s[keep], 1)[torch.arange(4), y[keep]]).mean()
+    torch.testing.assert_close(out.logits, s)
+    torch.testing.assert_close(out.losses["loss"], want)
+    torch.testing.assert_close(out.losses["hard"], want)
+    assert out.losses["loss"].requires_grad and not out.losses["hard"].requires_grad
+    assert set(out.losses) == {"loss", "hard"}
+
+
+def test_supervised_step_refuses_a_batch_without_labels():
+    x, _ = batch()
+    with pytest.raises(ValueError, match=r"^a supervised batch holds no labelled sample \(labels < 0 mark unlabeled data\)$"):
+        SupervisedTask(Fixed(logits(0))).training_step(x, torch.full((6,), -1))
+
+
+def test_supervised_task_mode_and_device():
+    model = nn.Linear(3, 2)
+    task = SupervisedTask(model)
+    assert task.model is model and list(task.parameters()) == list(model.parameters())
+    assert task.train(False) is task and not model.training
+    assert task.train() is task and model.training
+    assert task.to("meta") is task and model.weight.device.type == "meta"
