@@ -135,12 +135,12 @@ def test_zero_sparsity_changes_nothing():
 
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
 def test_sparsity_outside_zero_one_is_refused(sparsity):
-    with pytest.raises(ValueError, match="sparsity must be in"):
+    with pytest.raises(ValueError, match=rf"^sparsity must be in \[0, 1\), got {sparsity}$"):
         global_magnitude_prune(two_layers(), sparsity)
 
 
 def test_a_model_without_weights_to_prune_is_refused():
-    with pytest.raises(ValueError, match="no Linear or convolution"):
+    with pytest.raises(ValueError, match="^Sequential has no Linear or convolution weights to prune$"):
         global_magnitude_prune(nn.Sequential(nn.ReLU()), 0.5)
 
 
@@ -213,7 +213,7 @@ def test_factorized_conv_keeps_kernel_stride_padding_and_bias():
     want = [[[2.5, 4.5, 4.5], [3.5, 7.5, 7.5]]]
     close(f(x), want)
     close(conv(x), want)
-    with pytest.raises(ValueError, match="groups=1"):
+    with pytest.raises(ValueError, match="^only groups=1 convolutions can be channel-decomposed$"):
         factorize_conv(nn.Conv1d(2, 2, 3, groups=2), 1)
 
 
@@ -223,6 +223,11 @@ def test_factorized_conv_keeps_dilation_and_padding_mode():
         conv.weight.copy_(torch.tensor([[[1.0, -1.0, 2.0]], [[3.0, -3.0, 6.0]]]))  # rank 1
     x = torch.tensor([[[1.0, 0.0, -1.0, 2.0, 1.0, 3.0]]])
     close(factorize_conv(conv, 1)(x), conv(x).tolist())
+
+
+def test_factorized_conv_without_bias_has_no_bias():
+    f = factorize_conv(nn.Conv1d(2, 4, 3, bias=False), 1)
+    assert f[0].bias is None and f[1].bias is None
 
 
 def test_layer_rank_is_kept_only_when_it_shrinks_the_layer():
@@ -237,7 +242,8 @@ def test_layer_rank_is_kept_only_when_it_shrinks_the_layer():
     assert layer_rank(wide, rank=50) is None  # capped to 4: 416 > 400
     conv = nn.Conv1d(2, 8, 5)  # in' = 10, out = 8: 80 weights, rank r costs 18 r
     assert layer_rank(conv, rank=4) == 4 and layer_rank(conv, rank=5) is None
-    with pytest.raises(ValueError, match="rank or param_fraction"):
+    assert layer_rank(nn.Linear(10, 1), rank=1) is None  # one output: 11 > 10
+    with pytest.raises(ValueError, match="^give rank or param_fraction$"):
         layer_rank(square)
 
 
@@ -263,8 +269,19 @@ def test_ranks_for_a_parameter_fraction_use_the_whole_budget():
     assert ranks_for_param_fraction(diag_model(), 0.5) == {"0": 2}
     assert ranks_for_param_fraction(diag_model(), 0.8) == {"0": 3}
     assert ranks_for_param_fraction(diag_model(), 0.25) == {"0": 1}
-    with pytest.raises(ValueError, match="cannot keep only"):
+    with pytest.raises(ValueError, match=r"^low-rank factorisation cannot keep only 20.0% of the parameters of Sequential: "
+                                         r"rank 1 everywhere still leaves 25.0%$"):
         ranks_for_param_fraction(diag_model(), 0.2)  # rank 1 alone is 16 of 64
+
+
+def test_ranks_for_a_parameter_fraction_of_a_wide_layer():
+    layer = nn.Linear(8, 4, bias=False)  # 32 weights, singular values 4 3 2 1; rank r costs 12 r, shrinks for r <= 2
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0])), torch.zeros(4, 4)], 1))
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(4, 1, bias=False))  # + 4 weights; the last layer never shrinks
+    assert ranks_for_param_fraction(model, 0.8) == {"0": 2}  # 28.8 of 36: rank 2 leaves 24 + 4 = 28
+    assert ranks_for_param_fraction(model, 0.75) == {"0": 1}  # 27: 28 is too many, rank 1 leaves 16
+    assert ranks_for_param_fraction(model, 1.0) == {}  # everything may stay: nothing is factorised
 
 
 def test_low_rank_factorize_replaces_the_layers_in_place():
@@ -285,7 +302,7 @@ def test_low_rank_factorize_replaces_the_layers_in_place():
 
 @pytest.mark.parametrize("kwargs", [{}, {"rank": 2, "param_fraction": 0.5}])
 def test_low_rank_factorize_needs_exactly_one_of_rank_and_fraction(kwargs):
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="^give exactly one of rank or param_fraction$"):
         low_rank_factorize(diag_model(), **kwargs)
 
 
