@@ -284,6 +284,14 @@ def test_ranks_for_a_parameter_fraction_of_a_wide_layer():
     assert ranks_for_param_fraction(model, 1.0) == {}  # everything may stay: nothing is factorised
 
 
+def test_a_rank_one_layer_never_gets_more_than_rank_one():
+    layer = nn.Linear(8, 4, bias=False)
+    with torch.no_grad():  # every row a multiple of one vector: singular values (s, 0, 0, 0)
+        layer.weight.copy_(torch.outer(torch.tensor([1.0, 2.0, -1.0, 0.5]), torch.arange(1.0, 9.0)))
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(4, 1, bias=False))
+    assert ranks_for_param_fraction(model, 0.8) == {"0": 1}  # rank 2 would fit the budget (28 of 28.8) but adds nothing
+
+
 def test_low_rank_factorize_replaces_the_layers_in_place():
     model = diag_model()
     assert low_rank_factorize(model, rank=2) == {"0": 2}

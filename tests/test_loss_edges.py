@@ -215,6 +215,13 @@ def test_supervised_step_is_cross_entropy_over_the_labelled_samples():
     assert set(out.losses) == {"loss", "hard"}
 
 
+def test_a_supervised_batch_of_class_zero_only_is_labelled():
+    x, _ = batch()
+    s = logits(0)
+    out = SupervisedTask(Fixed(s)).training_step(x, torch.zeros(6, dtype=torch.long))
+    torch.testing.assert_close(out.losses["loss"], -torch.log(torch.softmax(s, 1)[:, 0]).mean())
+
+
 def test_supervised_step_refuses_a_batch_without_labels():
     x, _ = batch()
     with pytest.raises(ValueError, match=r"^a supervised batch holds no labelled sample \(labels < 0 mark unlabeled data\)$"):
