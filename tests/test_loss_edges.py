@@ -1,6 +1,6 @@
 """Edges of the loss and the Distiller that the golden-value tests leave open: default and
-unnormalised teacher weights, a batch of one with several teachers, a [K, B, C] tensor of
-teacher logits, the label 0, the error messages, and what a Distiller's training step
+unnormalised teacher weights, a batch of one with several teachers, a list of K teachers
+(a stacked tensor refused), the label 0, the error messages, and what a Distiller's training step
 really uses (its teachers' weights, the labels, the cached logits of the batch's indices).
 
 Expected values come from torch primitives written out here (softmax, cross_entropy, a
@@ -62,10 +62,13 @@ def test_a_batch_of_one_with_two_teachers_still_mixes_them():
     torch.testing.assert_close(teacher_log_probs([t1, t2], T), want)
 
 
-def test_a_k_b_c_tensor_is_k_teachers():
+def test_a_list_of_k_teachers_is_mixed_and_a_stacked_tensor_is_refused():
     t1, t2, T = logits(1), logits(2), 2.0
-    torch.testing.assert_close(teacher_log_probs(torch.stack([t1, t2]), T, [1.0, 3.0]),
+    torch.testing.assert_close(teacher_log_probs([t1, t2], T, [1.0, 3.0]),
                                torch.log(0.25 * torch.softmax(t1 / T, 1) + 0.75 * torch.softmax(t2 / T, 1)))
+    # A 3-D tensor could be [K, B, C] teachers or one sequence teacher's [B, L, V]: never guessed.
+    with pytest.raises(ValueError, match="list of K tensors"):
+        teacher_log_probs(torch.stack([t1, t2]), T, [1.0, 3.0])
 
 
 def test_float32_teachers_give_float32_targets():
@@ -95,7 +98,7 @@ def test_terms_as_floats():
     "teachers, match",
     [
         ([], r"^at least one teacher's logits are needed$"),
-        (torch.zeros(1, 2, 6, 4, dtype=torch.float64), r"teacher logits must be \[B, C\] or \[K, B, C\], got \(1, 2, 6, 4\)"),
+        (torch.zeros(1, 2, 6, 4, dtype=torch.float64), r"must be one teacher.s \[B, C\], got \(1, 2, 6, 4\)"),
         (torch.zeros(6, 5, dtype=torch.float64), r"teacher logits \(6, 5\) do not match student logits \(6, 4\)"),
     ],
 )
