@@ -4,9 +4,13 @@ earlier trial of the same study (enqueued points aside), for
 - two worker processes sharing one journal file (``study run --workers 2``),
 - a study run for N trials and then resumed for N more (``study resume``),
 
-with the TPE sampler (the default) and the random sampler, both seeded.
+with the TPE sampler (the default), the random sampler and the grid sampler
+(5 temperatures x 4 alphas), all seeded.
 
-    python benchmarks/study_duplicates.py --label before|after [--trials 20] [--resume-trials 5]
+    python benchmarks/study_duplicates.py --label after [--trials 20] [--resume-trials 5]
+    # the code before the fix, unpacked beside:
+    git archive 3cdae22 research | tar -x -C /tmp/old
+    python benchmarks/study_duplicates.py --label before --code /tmp/old --code-label 3cdae22
 
 Each study is tiny (MNIST-1D, a 3-epoch teacher trained once, a 2-epoch
 student, no pruning, no enqueued defaults) and runs in a fresh folder with its
@@ -15,8 +19,9 @@ benchmarks/results/study_duplicates.json and written as a table to
 benchmarks/results/study_duplicates.md.
 
 A duplicate is a trial whose parameters equal those of an earlier trial; the
-count is (sampled trials) - (distinct parameter sets among them). It does not
-depend on timing, only on the samplers' seeds and the trials' order.
+count is (sampled trials) - (distinct parameter sets among them). With one
+process it depends only on the samplers' seeds; with two workers also a little
+on timing (which worker takes which trial, what TPE has seen by then).
 """
 
 from __future__ import annotations
@@ -49,16 +54,25 @@ search:
   temperature: {{low: 1.0, high: 20.0, log: true}}
   alpha: {{low: 0.0, high: 1.0}}
 enqueue: []
-sampler: {{name: {sampler}, seed: 0}}
+sampler: {sampler}
 pruner: {{name: none}}
 n_trials: {n_trials}
 keep_models: 0
 """
 
+SAMPLERS = {
+    "tpe": "{name: tpe, seed: 0}",
+    "random": "{name: random, seed: 0}",
+    "grid": "{name: grid, seed: 0, grid: {temperature: [1.0, 2.0, 4.0, 8.0, 16.0], alpha: [0.0, 0.3, 0.6, 0.9]}}",
+}
+
+
+CODE = REPO  # the folder whose `research` package is measured (--code)
+
 
 def research(*args: str, cwd: Path) -> float:
-    """Run the CLI of this checkout (PYTHONPATH first, so its `research` package wins)."""
-    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    """Run the CLI of the measured code (PYTHONPATH first, so its `research` package wins)."""
+    env = dict(os.environ, PYTHONPATH=f"{CODE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.pop("MLFLOW_TRACKING_URI", None)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "research.cli", *args], cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -80,17 +94,17 @@ def measure(work: Path, trials: int, resume_trials: int) -> list[dict]:
         return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(backend))
 
     rows = []
-    for sampler in ("tpe", "random"):
+    for sampler, spec in SAMPLERS.items():
         name = f"dup_workers_{sampler}"
         path = work / f"{name}.yaml"
-        path.write_text(STUDY.format(name=name, cache=work / ".cache", sampler=sampler, n_trials=trials))
+        path.write_text(STUDY.format(name=name, cache=work / ".cache", sampler=spec, n_trials=trials))
         wall = research("study", "run", str(path), "--workers", "2", "--no-progress", cwd=work)
         n, dup = duplicates(load(name))
         rows.append({"case": f"{trials} trials, 2 workers, journal", "sampler": sampler, "trials": n, "duplicates": dup, "wall_s": wall})
 
         name = f"dup_resume_{sampler}"
         path = work / f"{name}.yaml"
-        path.write_text(STUDY.format(name=name, cache=work / ".cache", sampler=sampler, n_trials=resume_trials))
+        path.write_text(STUDY.format(name=name, cache=work / ".cache", sampler=spec, n_trials=resume_trials))
         wall = research("study", "run", str(path), "--no-progress", cwd=work)
         wall += research("study", "resume", name, "--n-trials", str(resume_trials), "--no-progress", cwd=work)
         n, dup = duplicates(load(name))
@@ -126,13 +140,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="trials of the two-worker study")
     parser.add_argument("--resume-trials", type=int, default=5, help="trials of the first run, and again of the resume")
     parser.add_argument("--workdir", type=Path, help="folder to run in (default: a new temporary one)")
+    parser.add_argument("--code", type=Path, default=REPO, help="folder holding the research package to measure (default: this checkout)")
+    parser.add_argument("--code-label", help="what --code is, for the table (default: this checkout's commit)")
     args = parser.parse_args()
+    global CODE
+    CODE = args.code.resolve()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="study_dup_"))
     work.mkdir(parents=True, exist_ok=True)
     rows = measure(work, args.trials, args.resume_trials)
     store = RESULTS / "study_duplicates.json"
     results = json.loads(store.read_text()) if store.exists() else {}
-    results[args.label] = {"code": commit(), "rows": rows, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+    results[args.label] = {"code": args.code_label or commit(), "rows": rows, "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                            "machine": f"{platform.machine()}, nproc {os.cpu_count()}, Python {platform.python_version()}"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(results, indent=1) + "\n")
