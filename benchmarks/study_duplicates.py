@@ -114,16 +114,16 @@ def measure(work: Path, trials: int, resume_trials: int) -> list[dict]:
 
 
 def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "research"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "research"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
     return out.stdout.strip() + (" + uncommitted changes in research/" if dirty else "")
 
 
 def write_markdown(results: dict, out: Path) -> str:
     lines = ["# Duplicate points in a study", "",
-             "A duplicate: a trial whose parameters equal an earlier trial's in the same study (enqueued points aside). "
-             "Tiny studies (MNIST-1D, 3-epoch teacher, 2-epoch student, temperature and alpha searched, sampler seed 0, no pruning); "
-             "`python benchmarks/study_duplicates.py --label LABEL`.", "",
+             ("A duplicate: a trial whose parameters equal an earlier trial's in the same study (enqueued points aside). "
+              "Tiny studies (MNIST-1D, 3-epoch teacher, 2-epoch student, temperature and alpha searched, sampler seed 0, no pruning); "
+              "`python benchmarks/study_duplicates.py --label LABEL`."), "",
              "| label | code | case | sampler | sampled trials | duplicates | wall, s |", "|---|---|---|---|---:|---:|---:|"]
     for label, entry in results.items():
         for r in entry["rows"]:

@@ -395,7 +395,7 @@ def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float, *, best
         return "\n".join(lines + ["no completed trial"])
     sign = -1 if obj.direction == "maximize" else 1
     chosen = [r for r in done if r["number"] == best_trial]
-    best = chosen[0] if chosen else sorted(done, key=lambda r: (sign * r["values"][0], r["number"]))[0]
+    best = chosen[0] if chosen else min(done, key=lambda r: (sign * r["values"][0], r["number"]))
     table = [("best", best)] + [("enqueued default", r) for r in done if r["enqueued"]]
     for label, r in table:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items() if not k.startswith("w_"))

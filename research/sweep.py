@@ -18,10 +18,11 @@ the process's index among the workers launched together (0 for a single
 process) and ``started`` the number of trials the study had started (any
 state but WAITING) when the launch began. So a seeded study replays exactly
 when the same commands are run again on a fresh storage, while workers and
-resumes never replay one another's draws. Two machines that join the same
-study at the same trial count get the same seed; their TPE samplers still
-differ through the constant liar (running trials count as bad), and a random
-sampler should then be left unseeded (``sampler.seed: null``). The grid
+resumes never replay one another's draws. Two machines that join one
+PostgreSQL study at the same trial count get the same seed and draw alike
+(TPE's constant liar separates them only after its random start-up trials):
+start them one after another, or leave such a study unseeded
+(``sampler.seed: null``: every process then draws its own points). The grid
 sampler is the exception: all its processes must shuffle the grid alike,
 because Optuna's GridSampler maps trial number n to the n-th point of its
 seeded shuffle (so trial numbers, unique in the storage, give distinct points).
@@ -654,6 +655,6 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "ConfigError", "StudyError", "create_or_join", "finalize", "finish_study", "launch", "list_studies", "load_existing",
+    "ConfigError", "StudyError", "best_trials", "create_or_join", "finalize", "finish_study", "launch", "list_studies", "load_existing", "sampler_seed",
     "storage_url", "trials_table", "worker_main",
 ]

@@ -18,9 +18,9 @@ seed: 0
 data: {{dataset: mnist1d, cache_dir: {cache}}}
 teachers:
   - model: {{name: mnist1d_cnn}}
-    train: {{epochs: 3}}
+    train: {{epochs: 3, threads: 1}}
 student: {{name: mnist1d_mlp}}
-train: {{epochs: 3}}
+train: {{epochs: 3, threads: 1}}
 eval: {{latency_repeats: 1}}
 search:
   temperature: {{low: 1.0, high: 20.0, log: true}}
@@ -46,9 +46,9 @@ seed: 0
 data: {{dataset: mnist1d, cache_dir: {cache}}}
 teachers:
   - model: {{name: mnist1d_cnn, args: {{channels: 8}}}}
-    train: {{epochs: 1}}
+    train: {{epochs: 1, threads: 1}}
 student: {{name: mnist1d_mlp}}
-train: {{epochs: 2}}
+train: {{epochs: 2, threads: 1}}  # one thread: far faster for tiny models on a busy 2-core machine
 eval: {{latency_repeats: 1}}
 search:
   temperature: {{low: 1.0, high: 20.0, log: true}}
@@ -118,6 +118,17 @@ def study_cache(tmp_path_factory) -> Path:
     """One data cache (generated MNIST-1D, teacher logits keyed by the teacher's weights)
     for all study tests: it only saves time; every test still works from an empty one."""
     return tmp_path_factory.mktemp("study_cache")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_torch_threads():
+    """The studies here train with one torch thread (set process-wide); give the other test
+    modules back what they had. Autouse at module scope, so it wraps the module fixtures too."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
