@@ -69,11 +69,13 @@ def test_default_k_is_one():
 @pytest.mark.parametrize(
     "directions, want",
     [
-        (["maximize", "minimize"], [1, 2, 0]),  # first objective, maximized; the second is ignored
-        (["minimize", "maximize"], [0, 2, 1]),
+        # front {1, 2} (trial 0 is dominated by 2), ranked by the first objective, maximized; then 0
+        (["maximize", "minimize"], [1, 2, 0]),
+        # front {0, 1} (trial 2 is dominated by 0), ranked by the first objective, minimized; then 2
+        (["minimize", "maximize"], [0, 1, 2]),
     ],
 )
-def test_multi_objective_ranks_by_the_first_objective(directions, want):
+def test_multi_objective_ranks_the_pareto_front_first_then_by_the_first_objective(directions, want):
     # second values chosen so that ranking by them (or by their sum) gives another order
     study = study_with(directions, [(C, [0.2, 100.0]), (C, [0.9, 5000.0]), (C, [0.5, 1.0])])
     assert numbers(best_trials(study, 3)) == want
