@@ -268,17 +268,14 @@ def train_student(
 
 
 def method_label(cfg: RunConfig) -> str:
-    """A readable name for what a run does, used as its ``method`` tag (one series per method in reports)."""
-    c = cfg.compress
-    if c is None:
+    """A readable name for what a run does, used as its ``method`` tag (one series per method in
+    reports): ``distill``, or the compression method's own label (``prune_structured_iterative``,
+    ``int8_onnxruntime``, ...), prefixed ``distill+`` when a distilled student is compressed."""
+    if cfg.compress is None:
         return "distill"
-    if c.method == "prune":
-        name = "prune_structured" if c.structured else "prune"
-        name += "_iterative" if c.schedule == "iterative" else ""
-    elif c.method == "quantize":
-        name = f"int8_{c.backend}"
-    else:
-        name = c.method
+    from .compress import compression_method
+
+    name = compression_method(cfg.compress).label()
     return f"distill+{name}" if cfg.compress_source == "distilled" else name
 
 
@@ -330,7 +327,7 @@ def compress_run(
         t0 = time.perf_counter()
         # Fine-tuning distils from the teacher when the compressed model is a distilled student.
         teacher = teachers[0].model if cfg.compress_source == "distilled" and teachers else None
-        cm = compress(base, None, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teacher=teacher, distill=cfg.distill,
+        cm = compress(base, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teacher=teacher, distill=cfg.distill,
                       cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=progress)
         compress_time = time.perf_counter() - t0
         metrics = evaluate_run(cm.model, data, cfg, teachers=[t.model for t in teachers], teacher_weights=cfg.distill.teacher_weights,
@@ -339,9 +336,9 @@ def compress_run(
         metrics.update(cm.extra)
         metrics["compress_time_s"] = compress_time
         run.log_metrics(metrics)
-        run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.fmt})
+        run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.format.name})
         run.log_deployable(cm)
-        if cfg.tracking.log_model and cm.fmt in ("torch", "compact", "onnx"):
+        if cfg.tracking.log_model and cm.format.whole_module:
             run.log_model(cm.model, input_example=data.test.x[:2])
     return RunResult(role, seed, run.run_id, metrics, cm.model)
 
