@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, field_validator, model_validator
+from pydantic_core import core_schema
 
 from .data import DATASETS, check_data_available
 from .models import validate_model_args
@@ -24,9 +25,7 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    # defer_build: a schema is built when a config is first validated, so the compress: union
-    # can list the methods registered by modules that import this one.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSpec(Strict):
@@ -114,9 +113,9 @@ class MethodConfig(Strict):
 
     Each method registered in :mod:`research.compress` (``@register_method``) has
     its own subclass, with ``method: Literal["<name>"]`` and only the knobs that
-    method reads; together they form a discriminated union on ``method`` (see
-    :data:`CompressConfig`), so a knob of another method (``compress.rank`` for
-    ``prune``) is an unknown key naming the field.
+    method reads; a section is validated by the class its ``method`` picks (a
+    union discriminated on ``method``, see :data:`CompressConfig`), so a knob of
+    another method (``compress.rank`` for ``prune``) is an unknown key naming the field.
     """
 
     method: str
@@ -134,16 +133,13 @@ DEFAULT_METHOD = "prune"  # a compress: section without a method has meant pruni
 
 
 class _RegisteredMethods:
-    """``Annotated`` marker: the union of every registered compression method's config.
-
-    Built when a config holding it is first validated, not when this module is
-    imported: the methods' modules import this one (``Strict.defer_build``).
-    """
+    """``Annotated`` marker: a ``compress:`` section is validated by the config class of the
+    registered method that claims it (``research.compress.registry.validate_method_config``),
+    looked up when validating, so a method registered at any time is known. An error's
+    location carries the method's name after the field (``compress.prune.rank``)."""
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
-        from .compress.registry import config_union  # importing it registers the built-in methods
-
-        return handler(config_union())
+        return core_schema.no_info_plain_validator_function(_validate_method_config)
 
     @staticmethod
     def member(tag: str) -> type[BaseModel] | None:
@@ -153,11 +149,11 @@ class _RegisteredMethods:
         cls = METHODS.get(tag)
         return cls.config if cls is not None else None
 
-    @staticmethod
-    def unknown(tag: str) -> tuple[str, str]:
-        from .compress.registry import METHODS
 
-        return "method", f"unknown compression method {tag!r}; choose one of {', '.join(METHODS)}"
+def _validate_method_config(value: Any) -> "MethodConfig":
+    from .compress.registry import validate_method_config  # imports the methods, which import this module
+
+    return validate_method_config(value)
 
 
 # A compress: section: one registered method's config, chosen by its ``method`` (a ``MethodConfig``).
@@ -323,13 +319,12 @@ def parse(model: type[BaseModel], raw: dict[str, Any], source: str = "config"):
 
 def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
     err = e.errors()[0]
-    parts, target, marker, tag = _walk(model, err["loc"])
+    parts, _, tag = _walk(model, err["loc"])
     loc = ".".join(parts)
-    if err["type"] in ("union_tag_invalid", "union_tag_not_found") and marker is not None:
-        field, msg = marker.unknown(err.get("ctx", {}).get("tag", "?"))
-        return f"{loc}.{field}: {msg}" if loc else f"{field}: {msg}"
+    if err["type"] == "unknown_compression_method":
+        return f"{loc}.method: {err['msg']}"
     if err["type"] == "extra_forbidden":
-        _, parent, _, _ = _walk(model, err["loc"][:-1])
+        _, parent, _ = _walk(model, err["loc"][:-1])
         allowed = sorted(getattr(parent, "model_fields", {}))
         where = f" for method {tag}" if tag else ""
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
@@ -342,26 +337,24 @@ def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
     return f"{loc}: {msg}{shown}{more}" if loc else f"{msg}{more}"  # model-level checks name their field
 
 
-def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any, Any, str | None]:
-    """Follow an error location through the config classes: the parts worth showing (a union's
-    tag, e.g. ``compress.prune.rank``'s ``prune``, is not a key of the file), the model reached,
-    the last union marker passed and the tag chosen there."""
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any, str | None]:
+    """Follow an error location through the config classes: the parts worth showing (the method
+    name that a ``compress:`` error carries, ``compress.prune.rank``, is not a key of the file),
+    the config class reached, and that method name."""
     parts: list[str] = []
     current: Any = model
-    marker = tag = None
+    tag = None
     for part in loc:
         if isinstance(part, int):
             parts.append(str(part))
             continue
         if isinstance(current, _RegisteredMethods):
-            marker, tag, current = current, part, current.member(part)
+            tag, current = part, current.member(part)
             continue
         field = getattr(current, "model_fields", {}).get(part)
         parts.append(str(part))
         current = _model_in(field.annotation, field.metadata) if field is not None else None
-    if isinstance(current, _RegisteredMethods):
-        marker = current
-    return parts, current, marker, tag
+    return parts, current, tag
 
 
 def _model_in(annotation: Any, metadata: list | tuple = ()) -> Any:

@@ -439,3 +439,35 @@ def test_config_validation_is_one_line_and_names_the_field():
     assert parse_compress_config({"method": "lowrank", "rank": 3}).rank == 3
     with pytest.raises(ValueError):
         PruneConfig().sparsity = -0.1  # validated on assignment too
+
+
+def test_a_method_registered_later_is_validated_and_run_by_name(monkeypatch, mlp, data):
+    from typing import Literal
+
+    from research.compress import METHODS, CompressionMethod, register_method
+    from research.compress.base import FinetuneKnobs
+    from research.config import RunConfig
+
+    class ScaleConfig(FinetuneKnobs):
+        method: Literal["scale"] = "scale"
+        factor: float = 2.0
+
+    class Scale(CompressionMethod):  # multiplies the last layer: a toy, registered for this test only
+        name, config = "scale", ScaleConfig
+
+        def apply(self, model, ctx):
+            with torch.no_grad():
+                prunable_weights(model)[-1][0].weight.mul_(self.cfg.factor)
+            return self.measured(model, ctx)
+
+    monkeypatch.setitem(METHODS, "scale", Scale)
+    cfg = RunConfig(compress={"method": "scale", "factor": 3.0}, compress_source="student", student={"name": "mnist1d_mlp"}).compress
+    assert isinstance(cfg, ScaleConfig) and cfg.factor == 3.0
+    cm = compress(mlp, cfg, data, seed=0)
+    assert cm.method == "scale" and cm.size_bytes == torch_save_bytes(cm.model)
+    last = prunable_weights(cm.model)[-1][0]
+    assert torch.equal(last.weight, 3.0 * prunable_weights(mlp)[-1][0].weight)
+    with pytest.raises(ConfigError, match="compress.rank: unknown key for method scale"):
+        parse_compress_config({"method": "scale", "rank": 2})
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(type("OtherPrune", (Scale,), {"name": "prune"}))

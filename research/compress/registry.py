@@ -3,15 +3,18 @@
 ``@register_method`` adds a :class:`~research.compress.base.CompressionMethod`
 subclass under its ``name``; the built-in methods register when
 :mod:`research.compress.methods` is imported (importing :mod:`research.compress`
-does that). A method registered later (a plug-in module) must be imported before
-the first run config is validated, since the union is built then.
+does that). A ``compress:`` section is validated by the config class of the
+method that claims it (``MethodConfig.claims``: its ``method`` by default),
+looked up at validation time, so a method registered later (a plug-in
+module) is known from then on.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Mapping, Union
+from typing import TYPE_CHECKING, Any, Mapping
 
-from pydantic import Discriminator, Tag, ValidationError
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
 
 from research.config import DEFAULT_METHOD, CompressConfig, ConfigError, MethodConfig, Strict, format_validation_error
 
@@ -38,21 +41,37 @@ def register_method(cls: type[CompressionMethod]) -> type[CompressionMethod]:
 def _tag(value: Any) -> str | None:
     """The registered name of the method a raw mapping (or a config instance) is for."""
     if isinstance(value, MethodConfig):
-        return next((n for n, c in METHODS.items() if c.config is type(value)), type(value).__name__)
-    if not isinstance(value, Mapping):
-        return None
+        return next((n for n, c in METHODS.items() if c.config is type(value)), None)
     for name, cls in METHODS.items():
         if cls.config.claims(value):
             return name
-    return str(value.get("method", DEFAULT_METHOD))  # no method claims it: pydantic reports the unknown tag
+    return None
 
 
-def config_union() -> Any:
-    """The discriminated union of every registered method's config (a pydantic type)."""
-    from . import methods  # noqa: F401 - registers the built-in methods
-
-    members = tuple(Annotated[cls.config, Tag(name)] for name, cls in METHODS.items())
-    return Annotated[Union[members], Discriminator(_tag)]  # noqa: UP007 - a runtime tuple of members
+def validate_method_config(value: Any) -> MethodConfig:
+    """A ``compress:`` section (a mapping, a method's config, or a bare method name) validated by
+    the config class of the registered method that claims it. Raises pydantic's
+    ``ValidationError`` with the method's name first in each location (``prune.rank``), or an
+    ``unknown_compression_method`` error."""
+    if isinstance(value, str):
+        value = {"method": value}
+    if isinstance(value, MethodConfig):
+        if _tag(value) is None:
+            raise PydanticCustomError("unknown_compression_method", "{cls} is not the config of a registered method; choose one of {choices}",
+                                      {"cls": type(value).__name__, "choices": ", ".join(METHODS)})
+        return value
+    if not isinstance(value, Mapping):
+        raise PydanticCustomError("compress_section", "expected a mapping of a method and its knobs, or a method name")
+    tag = _tag(value)
+    if tag is None:
+        raise PydanticCustomError("unknown_compression_method", "unknown compression method '{tag}'; choose one of {choices}",
+                                  {"tag": str(value.get("method", DEFAULT_METHOD)), "choices": ", ".join(METHODS)})
+    try:
+        return METHODS[tag].config.model_validate(dict(value))
+    except ValidationError as e:  # re-raised with the method's name in each location, for the error message
+        details = [{"type": d["type"], "loc": (tag, *d["loc"]), "input": d["input"], **({"ctx": d["ctx"]} if "ctx" in d else {})}
+                   for d in e.errors(include_url=False)]
+        raise ValidationError.from_exception_data(e.title, details) from None
 
 
 class CompressSection(Strict):
