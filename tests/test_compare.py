@@ -55,6 +55,31 @@ def test_compress_run_is_tracked_and_reloads_to_the_same_accuracy(work):
     assert classification_metrics(predict(model, data.test.x), data.test.y)["accuracy"] == m["test_accuracy"]
 
 
+def test_executorch_int8_run_is_tracked_with_its_pte_file(work, tmp_path):
+    text = BASE.format(name="et", cache=work / ".cache") + "compress: {method: executorch, quantize: true, calibration_samples: 128}\n"
+    (work / "c.yaml").write_text(text)
+    assert main(["compress", "c.yaml", "--no-progress"]) == 0
+    c = client(work)
+    exp = c.get_experiment_by_name("et")
+    (run,) = c.search_runs([exp.experiment_id], "tags.role = 'compress'")
+    (teacher,) = c.search_runs([exp.experiment_id], "tags.role = 'teacher'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "executorch_int8" and run.data.tags["format"] == "pte"
+    assert run.data.tags["compress.backend"] == "xnnpack" and run.data.tags["compress.dtype"] == "int8"
+    m = run.data.metrics
+    assert m["params"] == teacher.data.metrics["params"] == 5210  # the float CNN that was converted
+    assert abs(m["test_accuracy"] - teacher.data.metrics["test_accuracy"]) <= 0.03
+    assert m["latency_b1_ms"] > 0 and m["latency_b256_ms"] > 0 and m["latency_threads"] == 1
+    (pte,) = [a for a in c.list_artifacts(run.info.run_id, "deployable")]
+    assert pte.path == "deployable/model.pte" and pte.file_size == m["size_bytes"] < teacher.data.metrics["size_bytes"]
+    local = c.download_artifacts(run.info.run_id, pte.path, str(tmp_path))
+    from research.compress.methods.executorch_pte import PTE_FILE
+
+    data = load_data("mnist1d", cache_dir=work / ".cache")
+    reloaded = PTE_FILE.load(local)
+    assert classification_metrics(predict(reloaded, data.test.x), data.test.y)["accuracy"] == m["test_accuracy"]
+
+
 def test_compress_without_section_is_bad_input(work, capsys):
     (work / "c.yaml").write_text(BASE.format(name="x", cache=".cache"))
     assert main(["compress", "c.yaml"]) == 2
