@@ -11,15 +11,15 @@ from torch import nn
 
 from research.compress import OrtModule, compress, evaluate_compressed, load_compact, parse_compress_config
 from research.compress.finetune import label_subset_source, mnist1d_source
-from research.compress.methods import LowRankConfig, PruneConfig, QuantizeConfig, StructuredPruneConfig, TransferConfig
 from research.compress.lowrank import dropped_energy_error, factorize_conv, factorize_linear, layer_rank, svd_factors
+from research.compress.methods import LowRankConfig, PruneConfig, QuantizeConfig, StructuredPruneConfig, TransferConfig
 from research.compress.prune import global_magnitude_prune, measured_sparsity, prunable_weights
 from research.compress.storage import decode_tensor, encode_tensor, save_compact
-from research.evaluate import saved_model_bytes as torch_save_bytes
 from research.config import ConfigError, TrainConfig
 from research.data import load_data
 from research.distill import SupervisedTask
 from research.evaluate import classification_metrics, count_flops, count_parameters, deployment_metrics, predict
+from research.evaluate import saved_model_bytes as torch_save_bytes
 from research.models import build_model
 from research.tracking import Tracker
 from research.train import fit

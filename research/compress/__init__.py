@@ -38,11 +38,11 @@ from torch import nn
 from research.config import DistillConfig, MethodConfig, TrainConfig
 from research.data import DataBundle
 
+from . import methods  # noqa: F401 - registers the built-in methods
 from .base import CompressContext, CompressedModel, CompressionMethod, FinetuneKnobs
-from .registry import METHODS, compression_method, parse_compress_config, register_method
-from . import methods  # noqa: E402,F401,I001 - registers the built-in methods
 from .metrics import compressed_deployment_metrics, evaluate_compressed
 from .onnx_export import OrtModule, ort_latency_ms
+from .registry import METHODS, compression_method, parse_compress_config, register_method
 from .runtime import RuntimeModule
 from .storage import FileFormat, load_compact, save_compact
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .runtime import RuntimeModule, random_batch, median_ms
+from .runtime import RuntimeModule, median_ms, random_batch
 from .storage import FileFormat
 
 DEFAULT_OPSET = 18
