@@ -18,6 +18,11 @@ where each parameter is stored in whichever of three encodings is smallest:
 
 ``load_compact`` rebuilds the whole module, bit-identical to the one saved.
 Sizes are always ``os.path.getsize`` of a file really written.
+
+The deployable file of every compression method is a :class:`FileFormat`
+(how it is written, sized and reloaded): :data:`TORCH`, :data:`COMPACT` and
+:data:`STATE_DICT` here; the runtimes' files (``ONNX_FILE``, ``PTE_FILE``) live
+with their runtimes.
 """
 
 from __future__ import annotations
