@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from research.compress import CompressConfig, compress, compressed_deployment_metrics, evaluate_compressed
+from research.compress import compress, compressed_deployment_metrics, evaluate_compressed
 from research.config import TrainConfig
 from research.data import load_data
 from research.distill import SupervisedTask
@@ -65,27 +65,29 @@ def main() -> None:
 
     rows: list[tuple[str, str, dict[str, float], float]] = []
 
-    def run(label: str, setting: str, model, method: str, cfg: CompressConfig) -> None:
+    def run(label: str, setting: str, model, method: str, **knobs) -> None:
         t = time.perf_counter()
-        cm = compress(model, method, cfg.model_copy(update={"method": method}), data, seed=0, finetune_cfg=ft_cfg, cache_dir=args.cache_dir)
+        cm = compress(model, {"method": method, **knobs}, data, seed=0, finetune_cfg=ft_cfg, cache_dir=args.cache_dir)
         rows.append((label, setting, stable_metrics(cm, data), time.perf_counter() - t))
         r = rows[-1][2]
         print(f"{label:28s} {setting:22s} acc={r['test_accuracy']:.3f} params={r['params_nonzero']:.0f} bytes={r['size_bytes']:.0f} b1={r['latency_b1_ms']:.3f}ms", flush=True)
 
-    base = CompressConfig(finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr)
-    run("float32 (reference)", "-", teacher, "none", base)
+    ft = {"finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr}  # the fine-tuning methods' knobs
+    run("float32 (reference)", "-", teacher, "none")
     for factor, sparsity in ((2, 0.5), (4, 0.75), (8, 0.875)):
-        run("prune unstructured 1-shot", f"{factor}x, s={sparsity}", teacher, "prune", base.model_copy(update={"sparsity": sparsity}))
-        run("prune unstructured iter.", f"{factor}x, s={sparsity}, 3 steps", teacher, "prune",
-            base.model_copy(update={"sparsity": sparsity, "schedule": "iterative", "iterative_steps": 3}))
-        run("prune unstructured, no FT", f"{factor}x, s={sparsity}", teacher, "prune", base.model_copy(update={"sparsity": sparsity, "finetune_epochs": 0}))
-        run("prune structured", f"{factor}x, s={sparsity}", teacher, "prune", base.model_copy(update={"sparsity": sparsity, "structured": True}))
-        run("low rank (SVD)", f"{factor}x, f={1 / factor:.3f}", teacher, "lowrank", base.model_copy(update={"param_fraction": 1 / factor}))
-    run("ONNX Runtime float32", "-", teacher, "onnx", base)
-    run("int8 onnxruntime", "static (auto)", teacher, "quantize", base.model_copy(update={"backend": "onnxruntime"}))
-    run("int8 torch.ao", "static (auto)", teacher, "quantize", base.model_copy(update={"backend": "torch"}))
-    run("int8 torch.ao", "dynamic (Linear only)", teacher, "quantize", base.model_copy(update={"backend": "torch", "quant_mode": "dynamic"}))
-    run("int8 torchao", "dynamic (Linear only)", teacher, "quantize", base.model_copy(update={"backend": "torchao", "quant_mode": "dynamic"}))
+        run("prune unstructured 1-shot", f"{factor}x, s={sparsity}", teacher, "prune", sparsity=sparsity, **ft)
+        run("prune unstructured iter.", f"{factor}x, s={sparsity}, 3 steps", teacher, "prune", sparsity=sparsity, schedule="iterative",
+            iterative_steps=3, **ft)
+        run("prune unstructured, no FT", f"{factor}x, s={sparsity}", teacher, "prune", sparsity=sparsity, **{**ft, "finetune_epochs": 0})
+        run("prune structured", f"{factor}x, s={sparsity}", teacher, "prune_structured", sparsity=sparsity, **ft)
+        run("low rank (SVD)", f"{factor}x, f={1 / factor:.3f}", teacher, "lowrank", param_fraction=1 / factor, **ft)
+    run("ONNX Runtime float32", "-", teacher, "onnx")
+    run("ExecuTorch XNNPACK float32", "-", teacher, "executorch")
+    run("ExecuTorch XNNPACK int8", "static (pt2e)", teacher, "executorch", quantize=True)
+    run("int8 onnxruntime", "static (auto)", teacher, "quantize", backend="onnxruntime")
+    run("int8 torch.ao", "static (auto)", teacher, "quantize", backend="torch")
+    run("int8 torch.ao", "dynamic (Linear only)", teacher, "quantize", backend="torch", quant_mode="dynamic")
+    run("int8 torchao", "dynamic (Linear only)", teacher, "quantize", backend="torchao", quant_mode="dynamic")
     half = args.epochs // 2
     for factor, channels in ((2, 16), (4, 11), (8, 7)):
         torch.manual_seed(0)
@@ -94,11 +96,10 @@ def main() -> None:
         t = time.perf_counter()
         alone = copy.deepcopy(small)
         fit(SupervisedTask(alone), data.train, train_cfg, seed=0, val=data.val, progress=False)
-        cm = compress(alone, "none", CompressConfig(method="none"), data, seed=0)
+        cm = compress(alone, "none", data, seed=0)
         rows.append(("small CNN from scratch", f"{factor}x, {channels} ch, {args.epochs} ep", stable_metrics(cm, data), time.perf_counter() - t))
-        tcfg = base.model_copy(update={"source": "mnist1d_seed", "source_seed": 7, "pretrain_epochs": half, "finetune_epochs": args.epochs - half,
-                                       "finetune_lr": 1e-2})
-        run("small CNN transfer", f"{factor}x, {channels} ch, {half}+{args.epochs - half} ep", small, "transfer", tcfg)
+        run("small CNN transfer", f"{factor}x, {channels} ch, {half}+{args.epochs - half} ep", small, "transfer", source="mnist1d_seed",
+            source_seed=7, pretrain_epochs=half, finetune_epochs=args.epochs - half, finetune_lr=1e-2)
 
     header = "| method | setting | test acc | test NLL | ECE | params (non-zero) | bytes | FLOPs | latency b1 ms | latency b256 ms | time s |"
     lines = [header, "|" + "---|" * 11]

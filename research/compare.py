@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .compress import compression_method
 from .config import CompareConfig, CompareMethod
 from .evaluate import count_parameters
 from .pipeline import RunResult, compress_run, load_run_data, obtain_teachers, train_student
@@ -24,20 +25,16 @@ from .tracking import Tracker
 
 def run_config_for(cfg: CompareConfig, method: CompareMethod, budget: float | None):
     """The run config of one (method, budget): the budget's student, and the
-    compression knob that meets the budget (sparsity for pruning, kept
-    parameter fraction for low rank)."""
+    compression knobs that meet the budget (the method's ``at_budget``: sparsity
+    for pruning, kept parameter fraction for low rank)."""
     update: dict[str, Any] = {"compress": None}
     if budget is not None and budget in cfg.compare.students:
         update["student"] = cfg.compare.students[budget]
     if method.kind == "compress":
         c = method.compress
-        knobs: dict[str, Any] = {}
         if method.per_budget and method.budget_knobs and budget is not None:
-            if c.method == "prune":
-                knobs["sparsity"] = 1.0 - 1.0 / budget
-            elif c.method == "lowrank":
-                knobs = {"param_fraction": 1.0 / budget, "rank": None}
-        update["compress"] = c.model_copy(update=knobs)
+            c = compression_method(c).at_budget(budget)
+        update["compress"] = c
         update["compress_source"] = method.compress_source
     return cfg.model_copy(update=update)
 

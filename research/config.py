@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, field_validator, model_validator
+from pydantic_core import core_schema
 
 from .data import DATASETS, check_data_available
 from .distill.objectives import available_objectives, objective_knob_names, validate_objective_args
@@ -108,55 +109,57 @@ def teacher_augment_flag(teacher: TeacherConfig, data: DataConfig) -> bool:
 
 # ---------------------------------------------------------------- compression baselines
 
-Method = Literal["none", "prune", "quantize", "lowrank", "onnx", "transfer"]
-METHODS: tuple[str, ...] = Method.__args__
+
+class MethodConfig(Strict):
+    """The knobs of one compression method: the ``compress:`` section of a run config.
+
+    Each method registered in :mod:`research.compress` (``@register_method``) has
+    its own subclass, with ``method: Literal["<name>"]`` and only the knobs that
+    method reads; a section is validated by the class its ``method`` picks (a
+    union discriminated on ``method``, see :data:`CompressConfig`), so a knob of
+    another method (``compress.rank`` for ``prune``) is an unknown key naming the field.
+    """
+
+    method: str
+    # What a method can compress (``compress_source``): transfer trains a fresh student only.
+    sources: ClassVar[tuple[str, ...]] = ("teacher", "distilled", "student")
+
+    @classmethod
+    def claims(cls, raw: Mapping[str, Any]) -> bool:
+        """Whether the raw mapping ``raw`` is this method's config (default: its ``method`` is
+        this class's ``method`` value; ``method`` defaults to ``prune``, as it always has)."""
+        return raw.get("method", DEFAULT_METHOD) == cls.model_fields["method"].default
 
 
-class CompressConfig(Strict):
-    method: Method = "prune"
+DEFAULT_METHOD = "prune"  # a compress: section without a method has meant pruning since the first release
 
-    # prune: unstructured = fraction of the Linear/Conv weights set to zero (global magnitude,
-    # exact to the weight); structured = fraction of the model's parameters removed
-    # (whole neurons/channels; met from below as closely as channel counts allow).
-    sparsity: float = Field(0.5, ge=0, lt=1)
-    structured: bool = False
-    schedule: Literal["one_shot", "iterative"] = "one_shot"
-    iterative_steps: int = Field(3, ge=1, le=100)  # iterative: prune/fine-tune rounds
 
-    # lowrank: one global rank (capped per layer), or the fraction of the model's parameters
-    # kept (ranks by one shared singular-value energy threshold); layers that would not shrink stay dense.
-    rank: int | None = Field(None, ge=1)
-    param_fraction: float | None = Field(None, gt=0, lt=1)
+class _RegisteredMethods:
+    """``Annotated`` marker: a ``compress:`` section is validated by the config class of the
+    registered method that claims it (``research.compress.registry.validate_method_config``),
+    looked up when validating, so a method registered at any time is known. An error's
+    location carries the method's name after the field (``compress.prune.rank``)."""
 
-    # quantize
-    bits: Literal[8] = 8
-    backend: Literal["onnxruntime", "torch", "torchao"] = "onnxruntime"
-    quant_mode: Literal["auto", "dynamic", "static"] = "auto"  # auto: static when the model has convs
-    calibration_samples: int = Field(512, ge=1)
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.no_info_plain_validator_function(_validate_method_config)
 
-    # fine-tuning after prune / lowrank (0 = none), and the fine-tuning of `transfer`
-    finetune_epochs: int = Field(0, ge=0)
-    finetune_lr: float | None = Field(None, gt=0)  # None: the TrainConfig's lr
+    @staticmethod
+    def member(tag: str) -> type[BaseModel] | None:
+        """The config class of the method registered as ``tag`` (None if there is none)."""
+        from .compress.registry import METHODS
 
-    # transfer: pretrain on a source task, then fine-tune on the real one
-    source: Literal["mnist1d_seed", "label_subset"] = "mnist1d_seed"
-    source_seed: int = 7  # mnist1d_seed: generation seed of the source task (42 is the target's)
-    source_samples: int = Field(4000, ge=10)  # mnist1d_seed: labelled source samples generated
-    source_classes: int = Field(5, ge=2)  # label_subset: pretrain on classes 0..source_classes-1
-    pretrain_epochs: int = Field(20, ge=1)
+        cls = METHODS.get(tag)
+        return cls.config if cls is not None else None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "CompressConfig":
-        if self.method == "lowrank" and (self.rank is None) == (self.param_fraction is None):
-            raise ValueError("lowrank needs exactly one of rank or param_fraction")
-        if self.method == "transfer" and self.finetune_epochs < 1:
-            raise ValueError("transfer needs finetune_epochs >= 1 (the fine-tuning on the target task)")
-        if self.method == "quantize" and self.backend == "torchao" and self.quant_mode == "static":
-            # Refused here, before any run starts, rather than by quantize_int8 after the teacher has trained.
-            raise ValueError("backend torchao has no static int8 path; use quant_mode dynamic or backend onnxruntime")
-        if self.method == "transfer" and self.source == "mnist1d_seed" and self.source_seed == 42:
-            raise ValueError("source_seed 42 is the seed of MNIST-1D's own samples; pick another")
-        return self
+
+def _validate_method_config(value: Any) -> "MethodConfig":
+    from .compress.registry import validate_method_config  # imports the methods, which import this module
+
+    return validate_method_config(value)
+
+
+# A compress: section: one registered method's config, chosen by its ``method`` (a ``MethodConfig``).
+CompressConfig = Annotated[MethodConfig, _RegisteredMethods()]
 
 
 class DistillConfig(Strict):
@@ -272,8 +275,10 @@ class RunConfig(Strict):
                 raise ValueError(f"compress_source: {self.compress_source} needs a student model")
             if self.compress_source in ("teacher", "distilled") and not self.teachers:
                 raise ValueError(f"compress_source: {self.compress_source} needs a teacher")
-            if self.compress.method == "transfer" and self.compress_source != "student":
-                raise ValueError("compress.method: transfer trains a fresh student; set compress_source: student")
+            sources = type(self.compress).sources
+            if self.compress_source not in sources:
+                raise ValueError(f"compress_source: {self.compress_source} cannot be used with compress.method "
+                                 f"{self.compress.method}; use {' or '.join(sources)}")
         w = self.distill.teacher_weights
         if w is not None and len(w) != len(self.teachers):
             raise ValueError(f"distill.teacher_weights has {len(w)} values for {len(self.teachers)} teachers")
@@ -369,11 +374,16 @@ def parse(model: type[BaseModel], raw: dict[str, Any], source: str = "config"):
 
 def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    parts, _, tag = _walk(model, err["loc"])
+    loc = ".".join(parts)
+    if err["type"] == "unknown_compression_method":
+        return f"{loc}.method: {err['msg']}"
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(model, err["loc"][:-1])
+        _, parent, _ = _walk(model, err["loc"][:-1])
+        allowed = sorted(getattr(parent, "model_fields", {}))
+        where = f" for method {tag}" if tag else ""
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
-        return f"{loc}: unknown key{hint}"
+        return f"{loc}: unknown key{where}{hint}"
     msg = err["msg"]
     msg = msg.removeprefix("Value error, ")
     got = err.get("input")
@@ -382,22 +392,31 @@ def format_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
     return f"{loc}: {msg}{shown}{more}" if loc else f"{msg}{more}"  # model-level checks name their field
 
 
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (nested) model at ``loc``, for 'unknown key' hints."""
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any, str | None]:
+    """Follow an error location through the config classes: the parts worth showing (the method
+    name that a ``compress:`` error carries, ``compress.prune.rank``, is not a key of the file),
+    the config class reached, and that method name."""
+    parts: list[str] = []
     current: Any = model
+    tag = None
     for part in loc:
         if isinstance(part, int):
+            parts.append(str(part))
+            continue
+        if isinstance(current, _RegisteredMethods):
+            tag, current = part, current.member(part)
             continue
         field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-        if current is None:
-            return []
-    return sorted(getattr(current, "model_fields", {}))
+        parts.append(str(part))
+        current = _model_in(field.annotation, field.metadata) if field is not None else None
+    return parts, current, tag
 
 
-def _model_in(annotation: Any) -> Any:
+def _model_in(annotation: Any, metadata: list | tuple = ()) -> Any:
+    """The config class (or union marker) inside ``annotation`` (``X | None``, ``list[X]``, ``Annotated``)."""
+    for m in [*metadata, *getattr(annotation, "__metadata__", ())]:
+        if isinstance(m, _RegisteredMethods):
+            return m
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()) or ():
@@ -604,7 +623,8 @@ class CompareMethod(Strict):
 
     label: str
     kind: Literal["distill", "student", "compress"]
-    # compress: the knobs; sparsity (prune) or param_fraction (lowrank) follow each budget.
+    # compress: the knobs; the method's budget knob (sparsity for pruning, param_fraction for
+    # low rank: CompressionMethod.at_budget) follows each budget.
     compress: CompressConfig | None = None
     compress_source: Literal["teacher", "distilled", "student"] = "teacher"
     per_budget: bool = True  # false: one row whatever the budget (e.g. int8 of the teacher)
@@ -616,6 +636,9 @@ class CompareMethod(Strict):
             raise ValueError(f"{self.label}: kind compress needs a compress: section")
         if self.kind != "compress" and self.compress is not None:
             raise ValueError(f"{self.label}: compress: is only read for kind compress")
+        if self.compress is not None and self.compress_source not in type(self.compress).sources:
+            raise ValueError(f"{self.label}: compress_source {self.compress_source} cannot be used with method "
+                             f"{self.compress.method}; use {' or '.join(type(self.compress).sources)}")
         return self
 
 

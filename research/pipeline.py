@@ -262,17 +262,14 @@ def train_student(
 
 
 def method_label(cfg: RunConfig) -> str:
-    """A readable name for what a run does, used as its ``method`` tag (one series per method in reports)."""
-    c = cfg.compress
-    if c is None:
+    """A readable name for what a run does, used as its ``method`` tag (one series per method in
+    reports): ``distill``, or the compression method's own label (``prune_structured_iterative``,
+    ``int8_onnxruntime``, ...), prefixed ``distill+`` when a distilled student is compressed."""
+    if cfg.compress is None:
         return "distill"
-    if c.method == "prune":
-        name = "prune_structured" if c.structured else "prune"
-        name += "_iterative" if c.schedule == "iterative" else ""
-    elif c.method == "quantize":
-        name = f"int8_{c.backend}"
-    else:
-        name = c.method
+    from .compress import compression_method
+
+    name = compression_method(cfg.compress).label()
     return f"distill+{name}" if cfg.compress_source == "distilled" else name
 
 
@@ -325,7 +322,7 @@ def compress_run(
         # Fine-tuning distils from ALL the teachers, as the distillation did (cfg.distill: objective,
         # weights, combine, logit cache), when the compressed model is a distilled student.
         ft_teachers = [t.model for t in teachers] if cfg.compress_source == "distilled" else []
-        cm = compress(base, None, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teachers=ft_teachers, distill=cfg.distill,
+        cm = compress(base, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teachers=ft_teachers, distill=cfg.distill,
                       cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=progress)
         compress_time = time.perf_counter() - t0
         metrics = evaluate_run(cm.model, data, cfg, teachers=[t.model for t in teachers], teacher_weights=cfg.distill.teacher_weights,
@@ -334,9 +331,9 @@ def compress_run(
         metrics.update(cm.extra)
         metrics["compress_time_s"] = compress_time
         run.log_metrics(metrics)
-        run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.fmt})
+        run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.format.name})
         run.log_deployable(cm)
-        if cfg.tracking.log_model and cm.fmt in ("torch", "compact", "onnx"):
+        if cfg.tracking.log_model and cm.format.whole_module:
             run.log_model(cm.model, input_example=data.test.x[:2])
     return RunResult(role, seed, run.run_id, metrics, cm.model)
 

@@ -144,10 +144,10 @@ class RunHandle:
 
     @_timed
     def log_deployable(self, compressed: Any, artifact_dir: str = "deployable") -> None:
-        """The compressed model's deployable file (compact sparse, ONNX, ...) as written."""
-        suffix = {"onnx": ".onnx", "compact": ".compact.pt"}.get(compressed.fmt, ".pt")
+        """The compressed model's deployable file (compact sparse, ONNX, ExecuTorch, ...) as written,
+        named ``model`` + its format's suffix."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"model{suffix}"
+            path = Path(tmp) / f"model{compressed.format.suffix}"
             compressed.save(path)
             self.client.log_artifact(self.run_id, str(path), artifact_dir)
 

@@ -6,8 +6,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from research.cli import main
+from research.compare import run_config_for
+from research.config import ConfigError, MethodConfig, load_compare_config, load_run_config, load_study_config
 from research.data import load_data
 from research.evaluate import classification_metrics, predict
+from research.pipeline import method_label
+
+from .conftest import REPO
 
 BASE = """
 name: {name}
@@ -48,6 +53,31 @@ def test_compress_run_is_tracked_and_reloads_to_the_same_accuracy(work):
     model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     data = load_data("mnist1d", cache_dir=work / ".cache")
     assert classification_metrics(predict(model, data.test.x), data.test.y)["accuracy"] == m["test_accuracy"]
+
+
+def test_executorch_int8_run_is_tracked_with_its_pte_file(work, tmp_path):
+    text = BASE.format(name="et", cache=work / ".cache") + "compress: {method: executorch, quantize: true, calibration_samples: 128}\n"
+    (work / "c.yaml").write_text(text)
+    assert main(["compress", "c.yaml", "--no-progress"]) == 0
+    c = client(work)
+    exp = c.get_experiment_by_name("et")
+    (run,) = c.search_runs([exp.experiment_id], "tags.role = 'compress'")
+    (teacher,) = c.search_runs([exp.experiment_id], "tags.role = 'teacher'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "executorch_int8" and run.data.tags["format"] == "pte"
+    assert run.data.tags["compress.backend"] == "xnnpack" and run.data.tags["compress.dtype"] == "int8"
+    m = run.data.metrics
+    assert m["params"] == teacher.data.metrics["params"] == 5210  # the float CNN that was converted
+    assert abs(m["test_accuracy"] - teacher.data.metrics["test_accuracy"]) <= 0.03
+    assert m["latency_b1_ms"] > 0 and m["latency_b256_ms"] > 0 and m["latency_threads"] == 1
+    (pte,) = [a for a in c.list_artifacts(run.info.run_id, "deployable")]
+    assert pte.path == "deployable/model.pte" and pte.file_size == m["size_bytes"] < teacher.data.metrics["size_bytes"]
+    local = c.download_artifacts(run.info.run_id, pte.path, str(tmp_path))
+    from research.compress.methods.executorch_pte import PTE_FILE
+
+    data = load_data("mnist1d", cache_dir=work / ".cache")
+    reloaded = PTE_FILE.load(local)
+    assert classification_metrics(predict(reloaded, data.test.x), data.test.y)["accuracy"] == m["test_accuracy"]
 
 
 def test_compress_without_section_is_bad_input(work, capsys):
@@ -119,3 +149,81 @@ keep_models: 0
         assert run.data.tags["method"] == "prune"
         assert float(run.data.params["compress.sparsity"]) == pytest.approx(t.params["compress.sparsity"])
         assert run.data.metrics["size_bytes"] == pytest.approx(t.values[1])
+
+
+# ---------------------------------------------------------------- configs: files, labels, budgets, search keys
+
+STUDIES = sorted((REPO / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_every_study_file_loads(path):
+    text = path.read_text()
+    if "\ncompare:" in text:
+        cfg = load_compare_config(path, check_files=False)
+        assert all(m.compress is None or isinstance(m.compress, MethodConfig) for m in cfg.compare.methods)
+    elif "\nsearch:" in text or "\nn_trials:" in text:
+        load_study_config(path, check_files=False)
+    else:
+        load_run_config(path, check_files=False)
+
+
+def test_comparison_labels_and_budget_knobs_come_from_the_methods():
+    cfg = load_compare_config(REPO / "studies" / "mnist1d_compare.yaml", check_files=False)
+    at4 = {m.label: run_config_for(cfg, m, None if not m.per_budget else 4.0) for m in cfg.compare.methods}
+    # a compression run's method tag: the names runs had before the methods became classes, and the new ones
+    assert {label: method_label(c) for label, c in at4.items() if c.compress is not None} == {
+        "transfer": "transfer", "prune": "prune", "prune_iterative": "prune_iterative",
+        "prune_structured": "prune_structured", "lowrank": "lowrank", "int8": "int8_onnxruntime", "executorch": "executorch",
+        "executorch_int8": "executorch_int8", "distill+int8": "distill+int8_onnxruntime", "distill+prune": "distill+prune",
+    }
+    knobs = {label: c.compress.model_dump() for label, c in at4.items() if c.compress is not None}
+    for label in ("prune", "prune_iterative", "prune_structured"):
+        assert knobs[label]["sparsity"] == 0.75  # 4x fewer parameters: 1 - 1/4 of them removed
+    assert knobs["lowrank"]["param_fraction"] == 0.25 and knobs["lowrank"]["rank"] is None
+    assert knobs["distill+prune"]["sparsity"] == 0.5  # budget_knobs: false keeps the file's sparsity
+    assert knobs["transfer"]["finetune_epochs"] == 30 and knobs["int8"]["backend"] == "onnxruntime"
+    assert type(at4["prune_structured"].compress).__name__ == "StructuredPruneConfig"
+
+
+STUDY = """
+name: knobs
+data: {dataset: mnist1d}
+teachers: [{model: {name: mnist1d_mlp}}]
+compress: {method: prune, finetune_epochs: 1}
+search:
+  temperature: null
+  alpha: null
+  params: {PARAMS}
+"""
+
+
+def test_a_study_over_compression_knobs_validates_them(tmp_path):
+    from research.sweep import trial_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDY.replace("{PARAMS}", "{compress.sparsity: {low: 0.3, high: 0.9}, compress.structured: {choices: [true, false]}}"))
+    cfg = load_study_config(path, check_files=False)
+    trial = trial_config(cfg, {"compress.sparsity": 0.6, "compress.structured": True})
+    assert type(trial.compress).__name__ == "StructuredPruneConfig" and trial.compress.sparsity == 0.6
+    assert method_label(trial) == "prune_structured"
+    assert type(trial_config(cfg, {"compress.sparsity": 0.6, "compress.structured": False}).compress).__name__ == "PruneConfig"
+    path.write_text(STUDY.replace("{PARAMS}", "{compress.rank: {int_low: 1, int_high: 8}}"))
+    with pytest.raises(ConfigError, match=r"search\.params\.compress\.rank: not a searchable config key"):
+        load_study_config(path, check_files=False)
+
+
+def test_a_knob_of_another_method_is_a_one_line_error_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE.format(name="x", cache=".cache") + "compress: {method: prune, sparsity: 0.9}\n")
+    assert type(load_run_config(path, check_files=False).compress).__name__ == "PruneConfig"
+    for override, expected in [
+        ("compress.rank=3", "compress.rank: unknown key for method prune; allowed: "),
+        ("compress.method=pruning", "compress.method: unknown compression method 'pruning'; choose one of "),
+        ("compress.sparsity=1.5", "compress.sparsity: Input should be less than 1 (got 1.5)"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_run_config(path, [override], check_files=False)
+        assert str(e.value).startswith(f"{path}: {expected}") and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match="compress_source: teacher cannot be used with compress.method transfer; use student"):
+        load_run_config(path, ["compress={method: transfer}"], check_files=False)

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from research.compress import CompressConfig, OrtModule, compress, evaluate_compressed, load_compact, parse_compress_config
+from research.compress import OrtModule, compress, evaluate_compressed, load_compact, parse_compress_config
 from research.compress.finetune import label_subset_source, mnist1d_source
 from research.compress.lowrank import dropped_energy_error, factorize_conv, factorize_linear, layer_rank, svd_factors
+from research.compress.methods import LowRankConfig, PruneConfig, QuantizeConfig, StructuredPruneConfig, TransferConfig
 from research.compress.prune import global_magnitude_prune, measured_sparsity, prunable_weights
 from research.compress.storage import decode_tensor, encode_tensor, save_compact
 from research.config import ConfigError, TrainConfig
@@ -86,8 +87,8 @@ def tiny_resnet() -> nn.Module:
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.97])
 @pytest.mark.parametrize("schedule", ["one_shot", "iterative"])
 def test_global_pruning_sparsity_is_the_requested_one(mlp, data, sparsity, schedule):
-    cfg = CompressConfig(sparsity=sparsity, schedule=schedule, iterative_steps=3, finetune_epochs=3 if schedule == "iterative" else 1)
-    cm = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT)
+    cfg = PruneConfig(sparsity=sparsity, schedule=schedule, iterative_steps=3, finetune_epochs=3 if schedule == "iterative" else 1)
+    cm = compress(mlp, cfg, data, seed=0, finetune_cfg=FT)
     n = sum(m.weight.numel() for m, _ in prunable_weights(cm.model))
     zeros = sum(int((m.weight == 0).sum()) for m, _ in prunable_weights(cm.model))
     assert abs(zeros - sparsity * n) <= 1, (zeros, sparsity * n)  # exact, after fine-tuning too
@@ -120,12 +121,12 @@ def _copy(model: nn.Module) -> nn.Module:
 
 def test_compress_leaves_the_input_model_unchanged(mlp, data):
     before = {k: v.clone() for k, v in mlp.state_dict().items()}
-    compress(mlp, "prune", CompressConfig(sparsity=0.9, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
+    compress(mlp, PruneConfig(sparsity=0.9, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
     assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
 
 
 def test_pruned_model_reloads_whole_and_through_mlflow_with_the_same_accuracy(mlp, data, tmp_path):
-    cm = compress(mlp, "prune", CompressConfig(sparsity=0.8, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
+    cm = compress(mlp, PruneConfig(sparsity=0.8, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
     acc = accuracy(cm.model, data.test)
     logits = predict(cm.model, data.test.x)
 
@@ -151,7 +152,7 @@ def test_pruned_model_reloads_whole_and_through_mlflow_with_the_same_accuracy(ml
 
 
 def test_sparse_model_is_small_only_stored_compactly(mlp, data, tmp_path):
-    cm = compress(mlp, "prune", CompressConfig(sparsity=0.9), data, seed=0)
+    cm = compress(mlp, PruneConfig(sparsity=0.9), data, seed=0)
     written = cm.save(tmp_path / "m.compact")
     assert written == os.path.getsize(tmp_path / "m.compact") == cm.size_bytes
     with open(tmp_path / "dense.pt", "wb") as f:  # through a file object: the zip's record names do not depend on the path
@@ -176,12 +177,12 @@ def test_compact_encoding_round_trips(shape, density, kind):
 
 
 def test_sizes_are_the_bytes_written(mlp, data, tmp_path):
-    for method, cfg in [("none", CompressConfig()), ("quantize", CompressConfig(backend="onnxruntime")), ("onnx", CompressConfig())]:
-        cm = compress(mlp, method, cfg.model_copy(update={"method": method}), data, seed=0)
+    for method in ("none", "quantize", "onnx"):
+        cm = compress(mlp, method, data, seed=0)
         path = tmp_path / f"{method}.bin"
         cm.save(path)
         assert cm.size_bytes == os.path.getsize(path), method
-    assert compress(mlp, "none", CompressConfig(), data, seed=0).size_bytes == file_bytes(mlp, tmp_path / "plain.pt")
+    assert compress(mlp, "none", data, seed=0).size_bytes == file_bytes(mlp, tmp_path / "plain.pt")
 
 
 # ---------------------------------------------------------------- structured pruning
@@ -191,8 +192,9 @@ def test_sizes_are_the_bytes_written(mlp, data, tmp_path):
 def test_structured_pruning_really_shrinks_the_network(which, request, data, tmp_path):
     model = request.getfixturevalue(which)
     shape = data.input_shape
-    cfg = CompressConfig(sparsity=0.75, structured=True, finetune_epochs=2)
-    cm = compress(model, "prune", cfg, data, seed=0, finetune_cfg=FT)
+    cfg = parse_compress_config({"method": "prune", "structured": True, "sparsity": 0.75, "finetune_epochs": 2})
+    assert isinstance(cfg, StructuredPruneConfig)
+    cm = compress(model, cfg, data, seed=0, finetune_cfg=FT)
     p0, f0 = PARAMS[which], FLOPS[which]
     assert cm.params == n_params(cm.model) <= 0.25 * p0
     assert cm.params > 0.1 * p0  # as close to the target as channel counts allow, not far past it
@@ -241,7 +243,7 @@ INT8_TOLERANCE = 0.02
 )
 def test_int8_stays_close_to_float_accuracy(which, backend, mode, request, data):
     model = request.getfixturevalue(which)
-    cm = compress(model, "quantize", CompressConfig(backend=backend, calibration_samples=256), data, seed=0)
+    cm = compress(model, QuantizeConfig(backend=backend, calibration_samples=256), data, seed=0)
     assert cm.tags["quant_mode"] == mode  # auto: dynamic for the MLP, static (calibrated) for the CNN
     float_acc, int8_acc = accuracy(model, data.test), accuracy(cm.model, data.test)
     assert abs(int8_acc - float_acc) <= INT8_TOLERANCE, (float_acc, int8_acc)
@@ -250,8 +252,8 @@ def test_int8_stays_close_to_float_accuracy(which, backend, mode, request, data)
 
 
 def test_int8_onnx_is_smaller_than_float_onnx_and_reloads(mlp, data, tmp_path):
-    q = compress(mlp, "quantize", CompressConfig(), data, seed=0)
-    f = compress(mlp, "onnx", CompressConfig(), data, seed=0)
+    q = compress(mlp, "quantize", data, seed=0)
+    f = compress(mlp, "onnx", data, seed=0)
     assert isinstance(q.model, OrtModule) and isinstance(f.model, OrtModule)
     assert q.size_bytes < 0.45 * f.size_bytes, (q.size_bytes, f.size_bytes)
     torch.save(q.model, tmp_path / "q.pt")  # the ORT wrapper pickles (its session is rebuilt on load)
@@ -269,7 +271,7 @@ def test_torch_backend_really_quantizes(which, max_ratio, request, data, tmp_pat
     from torch.ao.nn import quantized as nnq  # its dynamic Linear subclasses nnq.Linear
 
     model = request.getfixturevalue(which)
-    cm = compress(model, "quantize", CompressConfig(backend="torch", calibration_samples=128), data, seed=0)
+    cm = compress(model, QuantizeConfig(backend="torch", calibration_samples=128), data, seed=0)
     modules = list(cm.model.modules())
     assert not [m for m in modules if type(m) in (nn.Linear, nn.Conv1d)]  # no float layer left
     linears = [m for m in modules if isinstance(m, nnq.Linear)]
@@ -288,7 +290,7 @@ def test_torch_backend_really_quantizes(which, max_ratio, request, data, tmp_pat
 
 
 def test_torchao_backend_really_quantizes(mlp, data, tmp_path):
-    cm = compress(mlp, "quantize", CompressConfig(backend="torchao"), data, seed=0)
+    cm = compress(mlp, QuantizeConfig(backend="torchao"), data, seed=0)
     assert cm.fmt == "state_dict"
     linears = [m for m in cm.model.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 3
@@ -308,7 +310,7 @@ def test_onnxruntime_int8_file_holds_int8_weights(which, ops, request, data):
     import onnx
 
     model = request.getfixturevalue(which)
-    cm = compress(model, "quantize", CompressConfig(calibration_samples=128), data, seed=0)  # the default backend
+    cm = compress(model, QuantizeConfig(calibration_samples=128), data, seed=0)  # the default backend
     assert isinstance(cm.model, OrtModule) and cm.size_bytes == len(cm.model.model_bytes)
     graph = onnx.load_from_string(cm.model.model_bytes).graph
     assert ops <= {n.op_type for n in graph.node}, {n.op_type for n in graph.node}
@@ -323,7 +325,7 @@ def test_onnxruntime_int8_file_holds_int8_weights(which, ops, request, data):
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_int8_cnn_reloads_whole_and_through_mlflow(backend, cnn, data, tmp_path):
-    cm = compress(cnn, "quantize", CompressConfig(backend=backend, calibration_samples=128), data, seed=0)
+    cm = compress(cnn, QuantizeConfig(backend=backend, calibration_samples=128), data, seed=0)
     logits = predict(cm.model, data.test.x)
     torch.save(cm.model, tmp_path / "q.pt")  # torch 2.14's quantized convs need research's pickling fix for this
     assert torch.equal(predict(torch.load(tmp_path / "q.pt", weights_only=False), data.test.x), logits)
@@ -352,7 +354,7 @@ def test_onnx_runtime_agrees_with_pytorch(which, request, data):
         ort, _ = onnx_model(model, (3, 8, 8))
     else:
         model, x = request.getfixturevalue(which), data.test.x
-        cm = compress(model, "onnx", CompressConfig(), data, seed=0)
+        cm = compress(model, "onnx", data, seed=0)
         ort = cm.model
         assert cm.extra["onnx_max_abs_diff"] <= 1e-4
     torch.testing.assert_close(predict(ort, x), predict(model, x), atol=1e-4, rtol=1e-4)
@@ -360,12 +362,63 @@ def test_onnx_runtime_agrees_with_pytorch(which, request, data):
 
 
 def test_evaluate_compressed_reports_what_a_distillation_run_reports(cnn, data):
-    cm = compress(cnn, "onnx", CompressConfig(), data, seed=0)
+    cm = compress(cnn, "onnx", data, seed=0)
     m = evaluate_compressed(cm, data, repeats=2)
     assert set(deployment_metrics(cnn, data.input_shape, repeats=1)) <= set(m)
     assert {"val_accuracy", "test_accuracy", "test_nll", "test_ece"} <= set(m)
     assert m["test_accuracy"] == pytest.approx(accuracy(cnn, data.test), abs=1e-3)
     assert m["size_bytes"] == cm.size_bytes and m["flops"] == FLOPS["cnn"] and m["params"] == PARAMS["cnn"]
+
+
+# ---------------------------------------------------------------- ExecuTorch
+
+
+@pytest.fixture(scope="module")
+def et_float(mlp, data):
+    return compress(mlp, "executorch", data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def et_int8(mlp, data):
+    return compress(mlp, {"method": "executorch", "quantize": True, "calibration_samples": 256}, data, seed=0)
+
+
+def test_executorch_float_program_matches_pytorch(et_float, mlp, data):
+    from research.compress.methods.executorch_pte import EtModule
+
+    assert isinstance(et_float.model, EtModule) and et_float.fmt == "pte"
+    assert et_float.model.model_bytes[4:8] == b"ET12"  # the ExecuTorch program's flatbuffer identifier
+    torch.testing.assert_close(predict(et_float.model, data.test.x), predict(mlp, data.test.x), atol=1e-4, rtol=1e-4)
+    assert et_float.extra["pte_max_abs_diff"] <= 1e-4
+    # XNNPACK takes the whole MLP: one delegate, nothing left to ExecuTorch's portable kernels
+    assert et_float.extra["pte_delegates"] == 1 and et_float.extra["pte_ops_outside_delegates"] == 0
+    assert et_float.params == PARAMS["mlp"] and et_float.flops == FLOPS["mlp"]
+
+
+def test_executorch_int8_is_smaller_and_stays_close_to_float_accuracy(et_int8, et_float, mlp, data):
+    float_acc, int8_acc = accuracy(mlp, data.test), accuracy(et_int8.model, data.test)
+    assert abs(int8_acc - float_acc) <= INT8_TOLERANCE, (float_acc, int8_acc)
+    assert et_int8.extra["pte_max_abs_diff"] > 1e-3  # really int8: not the float program
+    assert et_int8.size_bytes < 0.45 * et_float.size_bytes, (et_int8.size_bytes, et_float.size_bytes)
+    assert et_int8.tags["dtype"] == "int8" and et_float.tags["dtype"] == "float32"
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_executorch_module_reloads_whole_and_through_mlflow(et_int8, data, tmp_path):
+    logits = predict(et_int8.model, data.test.x)
+    torch.save(et_int8.model, tmp_path / "et.pt")  # the wrapper pickles its program bytes, not its runtime session
+    assert torch.equal(predict(torch.load(tmp_path / "et.pt", weights_only=False), data.test.x), logits)
+    tracker = Tracker(uri=f"sqlite:///{tmp_path}/m.db")
+    with tracker.run("compress", "executorch") as handle:
+        handle.log_model(et_int8.model, input_example=data.test.x[:2])
+    assert torch.equal(predict(tracker.load_model(f"runs:/{handle.run_id}/model"), data.test.x), logits)
+
+
+def test_executorch_latency_is_measured_in_its_runtime(et_float, data):
+    from research.compress.methods.executorch_pte import pte_latency_ms
+
+    b1, b300 = pte_latency_ms(et_float.model.model_bytes, data.input_shape, [(1, 3), (300, 2)], threads=1)
+    assert 0 < b1 and 0 < b300  # 300 rows: two runs of the program (its batch bound is 256)
 
 
 # ---------------------------------------------------------------- low rank
@@ -406,14 +459,14 @@ def test_conv_channel_decomposition_error_and_output():
 
 def test_lowrank_to_a_parameter_fraction(mlp, cnn, data):
     for which, model in (("mlp", mlp), ("cnn", cnn)):
-        cm = compress(model, "lowrank", CompressConfig(method="lowrank", param_fraction=0.5, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
+        cm = compress(model, LowRankConfig(param_fraction=0.5, finetune_epochs=1), data, seed=0, finetune_cfg=FT)
         frac = n_params(cm.model) / PARAMS[which]
         assert cm.params == n_params(cm.model)
         assert 0.4 < frac <= 0.5, frac  # a budget on the whole model, met from below
         assert cm.flops < FLOPS[which]
         assert accuracy(cm.model, data.test) > 0.3
     with pytest.raises(ValueError, match="cannot keep"):
-        compress(cnn, "lowrank", CompressConfig(method="lowrank", param_fraction=0.01), data, seed=0)
+        compress(cnn, LowRankConfig(param_fraction=0.01), data, seed=0)
     lin = nn.Linear(100, 100)
     assert layer_rank(lin, param_fraction=0.5) == 25  # 25 * (100 + 100) = half of 100 * 100
     assert layer_rank(nn.Linear(100, 10), rank=10) is None  # would not shrink: stays dense
@@ -435,16 +488,16 @@ def test_source_tasks(data, tmp_path):
 
 def test_transfer_pretrains_then_finetunes(data):
     model = build_model("mnist1d_mlp", input_shape=(40,), num_classes=10)
-    cfg = CompressConfig(method="transfer", source="label_subset", source_classes=5, pretrain_epochs=2, finetune_epochs=2)
-    cm = compress(model, None, cfg, data, seed=0, finetune_cfg=FT)
+    cfg = TransferConfig(source="label_subset", source_classes=5, pretrain_epochs=2, finetune_epochs=2)
+    cm = compress(model, cfg, data, seed=0, finetune_cfg=FT)
     assert cm.extra["source_val_accuracy"] > 0.2  # five classes: chance is 0.2 on the source validation split
     assert accuracy(cm.model, data.test) > 0.2
 
 
 def test_distil_then_prune_can_finetune_by_distillation(mlp, cnn, data):
-    cfg = CompressConfig(sparsity=0.7, finetune_epochs=1)
-    plain = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT)
-    distilled = compress(mlp, "prune", cfg, data, seed=0, finetune_cfg=FT, teachers=[_copy(cnn)])
+    cfg = PruneConfig(sparsity=0.7, finetune_epochs=1)
+    plain = compress(mlp, cfg, data, seed=0, finetune_cfg=FT)
+    distilled = compress(mlp, cfg, data, seed=0, finetune_cfg=FT, teachers=[_copy(cnn)])
     assert distilled.extra["sparsity"] == pytest.approx(0.7, abs=1e-3)
     assert not torch.equal(predict(plain.model, data.val.x), predict(distilled.model, data.val.x))  # a different loss was used
 
@@ -454,13 +507,16 @@ def test_distil_then_prune_can_finetune_by_distillation(mlp, cnn, data):
 
 def test_config_validation_is_one_line_and_names_the_field():
     for raw, field in [
-        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": 1.0}, "compress.sparsity"),
         ({"method": "lowrank"}, "rank or param_fraction"),
         ({"method": "lowrank", "rank": 2, "param_fraction": 0.5}, "rank or param_fraction"),
-        ({"bits": 4}, "bits"),
-        ({"schedule": "cubic"}, "schedule"),
-        ({"sparsty": 0.5}, "sparsty"),
-        ({"method": "transfer", "finetune_epochs": 0}, "finetune_epochs"),
+        ({"method": "quantize", "bits": 4}, "compress.bits"),
+        ({"bits": 8}, "compress.bits: unknown key for method prune"),  # a knob of another method
+        ({"method": "prune", "rank": 3}, "compress.rank: unknown key for method prune"),
+        ({"schedule": "cubic"}, "compress.schedule"),
+        ({"sparsty": 0.5}, "compress.sparsty"),
+        ({"method": "transfer", "finetune_epochs": 0}, "compress.finetune_epochs"),
+        ({"method": "prunning"}, "compress.method: unknown compression method 'prunning'"),
         ({"method": "quantize", "backend": "torchao", "quant_mode": "static"}, "torchao"),  # refused before any run, not mid-way
     ]:
         with pytest.raises(ConfigError) as e:
@@ -468,4 +524,36 @@ def test_config_validation_is_one_line_and_names_the_field():
         assert "\n" not in str(e.value) and field in str(e.value), str(e.value)
     assert parse_compress_config({"method": "lowrank", "rank": 3}).rank == 3
     with pytest.raises(ValueError):
-        CompressConfig().sparsity = -0.1  # validated on assignment too
+        PruneConfig().sparsity = -0.1  # validated on assignment too
+
+
+def test_a_method_registered_later_is_validated_and_run_by_name(monkeypatch, mlp, data, tmp_path):
+    from typing import Literal
+
+    from research.compress import METHODS, CompressionMethod, register_method
+    from research.compress.base import FinetuneKnobs
+    from research.config import RunConfig
+
+    class ScaleConfig(FinetuneKnobs):
+        method: Literal["scale"] = "scale"
+        factor: float = 2.0
+
+    class Scale(CompressionMethod):  # multiplies the last layer: a toy, registered for this test only
+        name, config = "scale", ScaleConfig
+
+        def apply(self, model, ctx):
+            with torch.no_grad():
+                prunable_weights(model)[-1][0].weight.mul_(self.cfg.factor)
+            return self.measured(model, ctx)
+
+    monkeypatch.setitem(METHODS, "scale", Scale)
+    cfg = RunConfig(compress={"method": "scale", "factor": 3.0}, compress_source="student", student={"name": "mnist1d_mlp"}).compress
+    assert isinstance(cfg, ScaleConfig) and cfg.factor == 3.0
+    cm = compress(mlp, cfg, data, seed=0)
+    assert cm.method == "scale" and cm.size_bytes == file_bytes(cm.model, tmp_path / "scaled.pt")
+    last = prunable_weights(cm.model)[-1][0]
+    assert torch.equal(last.weight, 3.0 * prunable_weights(mlp)[-1][0].weight)
+    with pytest.raises(ConfigError, match="compress.rank: unknown key for method scale"):
+        parse_compress_config({"method": "scale", "rank": 2})
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(type("OtherPrune", (Scale,), {"name": "prune"}))

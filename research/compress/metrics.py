@@ -7,8 +7,9 @@ model needs:
 
 * ``size_bytes``: the bytes of its deployable form as written (compact file
   for sparse models, ONNX file for ONNX Runtime models), not ``torch.save``;
-* latency of an ``OrtModule``: measured in ONNX Runtime itself
-  (:func:`research.compress.onnx_export.ort_latency_ms`), same protocol.
+* latency of a runtime-backed model (ONNX Runtime, ExecuTorch): measured in
+  that runtime itself (:meth:`research.compress.runtime.RuntimeModule.latency_ms`),
+  same protocol.
 
 ``params``, ``params_nonzero`` and ``flops`` are those the ``CompressedModel``
 recorded (int8 forms hide their weights from ``nn.Module.parameters()`` and
@@ -22,28 +23,33 @@ from typing import TYPE_CHECKING, Sequence
 from research.data import DataBundle
 from research.evaluate import classification_metrics, measure_latency_ms, predict
 
-from .onnx_export import OrtModule, ort_latency_ms
+from .runtime import RuntimeModule
 
 if TYPE_CHECKING:
-    from . import CompressedModel
+    from .base import CompressedModel
 
 
 def latency_ms(model, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30, threads: int = 1) -> float:
     """CPU latency (median ms) in the runtime the model is deployed with."""
-    if isinstance(model, OrtModule):
-        return ort_latency_ms(model, input_shape, batch_size=batch_size, repeats=repeats, threads=threads)
+    if isinstance(model, RuntimeModule):
+        return model.latency_ms(input_shape, batch_size=batch_size, repeats=repeats, threads=threads)
     return measure_latency_ms(model, input_shape, batch_size=batch_size, repeats=repeats, threads=threads)
 
 
 def compressed_deployment_metrics(cm: "CompressedModel", input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1) -> dict[str, float]:
     """The keys of ``research.evaluate.deployment_metrics``, measured for a compressed model."""
+    runs = [(1, repeats), (256, max(3, repeats // 3))]  # the batch sizes and repeats of deployment_metrics
+    if isinstance(cm.model, RuntimeModule):
+        b1, b256 = cm.model.latencies_ms(input_shape, runs, threads=threads)
+    else:
+        b1, b256 = (measure_latency_ms(cm.model, input_shape, batch_size=b, repeats=r, threads=threads) for b, r in runs)
     return {
         "params": float(cm.params),
         "params_nonzero": float(cm.params_nonzero),
         "size_bytes": float(cm.size_bytes),
         "flops": float(cm.flops),
-        "latency_b1_ms": latency_ms(cm.model, input_shape, batch_size=1, repeats=repeats, threads=threads),
-        "latency_b256_ms": latency_ms(cm.model, input_shape, batch_size=256, repeats=max(3, repeats // 3), threads=threads),
+        "latency_b1_ms": b1,
+        "latency_b256_ms": b256,
         "latency_threads": float(threads),
     }
 

@@ -8,10 +8,11 @@ in torch 2.14). Which one ran is reported.
 :class:`OrtModule` is an ``nn.Module`` whose forward runs an ONNX Runtime
 session on the CPU: ``research.evaluate.predict`` and ``classification_metrics``
 work on it unchanged, and it pickles (``torch.save`` whole, MLflow's pickle
-format) by carrying the ONNX bytes and rebuilding its session on load. Its
-latency is measured in ONNX Runtime itself by :func:`ort_latency_ms`, with
-the same protocol as ``research.evaluate.measure_latency_ms`` (median of
-``repeats`` runs after ``warmup``, ``threads`` intra-op threads).
+format) by carrying the ONNX bytes and rebuilding its session on load (a
+:class:`research.compress.runtime.RuntimeModule`). Its latency is measured in
+ONNX Runtime itself, with the same protocol as
+``research.evaluate.measure_latency_ms``. Its deployable file is the ONNX
+model (:data:`ONNX_FILE`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import statistics
-import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from .runtime import RuntimeModule, median_ms, random_batch
+from .storage import FileFormat
 
 DEFAULT_OPSET = 18
 
@@ -83,38 +86,42 @@ def ort_session(model_bytes: bytes, *, threads: int = 1):
     return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-class OrtModule(nn.Module):
+class OrtModule(RuntimeModule):
     """An ONNX model run by ONNX Runtime on the CPU, behind the ``nn.Module`` interface.
 
     Inference only (no gradients); inputs are taken to the CPU as float32.
     """
 
-    def __init__(self, model_bytes: bytes, *, threads: int = 1, description: str = "") -> None:
-        super().__init__()
-        self.model_bytes = bytes(model_bytes)
-        self.threads = threads
-        self.description = description
-        self._session = None
+    runtime = "onnx"
 
-    @property
-    def session(self):
-        if self._session is None:
-            self._session = ort_session(self.model_bytes, threads=self.threads)
-        return self._session
+    def _open(self, threads: int):
+        return ort_session(self.model_bytes, threads=threads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.session
-        arr = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        out = s.run(None, {s.get_inputs()[0].name: arr})[0]
+    def _run(self, session, x: torch.Tensor) -> torch.Tensor:
+        out = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(x.numpy())})[0]
         return torch.from_numpy(out)
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_session"] = None  # sessions do not pickle; rebuilt from model_bytes on first use
-        return state
+    def latency_ms(self, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30, threads: int = 1, warmup: int = 3) -> float:
+        """Median latency (ms) of one ``session.run`` on a prepared numpy feed, on a fresh session
+        with ``threads`` intra-op threads (no torch conversion inside the timed call)."""
+        s = self._open(threads)
+        feed = {s.get_inputs()[0].name: random_batch(batch_size, input_shape)}
+        return median_ms(lambda: s.run(None, feed), repeats=repeats, warmup=warmup)
 
-    def extra_repr(self) -> str:
-        return f"{self.description or 'onnx'}, {len(self.model_bytes)} bytes, threads={self.threads}"
+
+class OnnxFile(FileFormat):
+    """The ONNX model file of an :class:`OrtModule` (its ``model_bytes``); reloads as an ``OrtModule``."""
+
+    name, suffix = "onnx", ".onnx"
+
+    def write(self, model: nn.Module, path: Path) -> None:
+        path.write_bytes(model.model_bytes)
+
+    def load(self, path, *, template=None) -> OrtModule:
+        return OrtModule(Path(path).read_bytes(), description="onnx file")
+
+
+ONNX_FILE = OnnxFile()
 
 
 def onnx_model(model: nn.Module, input_shape: Sequence[int], *, threads: int = 1) -> tuple[OrtModule, str]:
@@ -133,14 +140,5 @@ def max_abs_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 def ort_latency_ms(model: OrtModule | bytes, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30,
                    threads: int = 1, warmup: int = 3) -> float:
     """Median latency (ms) of one ``session.run`` in ONNX Runtime with ``threads`` intra-op threads."""
-    data = model.model_bytes if isinstance(model, OrtModule) else model
-    s = ort_session(data, threads=threads)
-    feed = {s.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, *input_shape)).astype(np.float32)}
-    for _ in range(warmup):
-        s.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        s.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    module = model if isinstance(model, OrtModule) else OrtModule(model)
+    return module.latency_ms(input_shape, batch_size=batch_size, repeats=repeats, threads=threads, warmup=warmup)

@@ -57,8 +57,7 @@ CONV_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd,)
 
 @dataclass
 class Quantized:
-    model: nn.Module
-    fmt: str  # how its deployable form is written: "onnx", "torch" (whole module) or "state_dict"
+    model: nn.Module  # an OrtModule (onnxruntime), a TorchInt8 (torch) or the torchao-quantized module
     mode: str  # "dynamic" or "static"
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -144,7 +143,7 @@ def _onnxruntime(m: nn.Module, input_shape: Sequence[int], mode: str, calibratio
             )
         data = Path(out).read_bytes()
     return Quantized(
-        OrtModule(data, threads=threads, description=f"int8 {mode} (onnxruntime)"), "onnx", mode,
+        OrtModule(data, threads=threads, description=f"int8 {mode} (onnxruntime)"), mode,
         {"exporter": exp.exporter},
     )
 
@@ -196,7 +195,7 @@ def _torch_ao(m: nn.Module, mode: str, calibration: torch.Tensor) -> Quantized:
                     f"backend 'torch' cannot run {type(m).__name__} statically quantized ({first}); "
                     "use backend 'onnxruntime' or quant_mode 'dynamic'"
                 ) from None
-    return Quantized(TorchInt8(q), "torch", mode, {"engine": torch.backends.quantized.engine})
+    return Quantized(TorchInt8(q), mode, {"engine": torch.backends.quantized.engine})
 
 
 def _rebuild_quantized_conv(cls: type, state: tuple) -> nn.Module:
@@ -260,7 +259,7 @@ def _torchao(m: nn.Module, mode: str) -> Quantized:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     quantize_(m, Int8DynamicActivationInt8WeightConfig())
-    return Quantized(m, "state_dict", mode, {"torchao": _version("torchao")})
+    return Quantized(m, mode, {"torchao": _version("torchao")})
 
 
 def _version(pkg: str) -> str:

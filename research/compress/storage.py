@@ -18,6 +18,11 @@ where each parameter is stored in whichever of three encodings is smallest:
 
 ``load_compact`` rebuilds the whole module, bit-identical to the one saved.
 Sizes are always ``os.path.getsize`` of a file really written.
+
+The deployable file of every compression method is a :class:`FileFormat`
+(how it is written, sized and reloaded): :data:`TORCH`, :data:`COMPACT` and
+:data:`STATE_DICT` here; the runtimes' files (``ONNX_FILE``, ``PTE_FILE``) live
+with their runtimes.
 """
 
 from __future__ import annotations
@@ -147,31 +152,84 @@ def compact_size_bytes(model: nn.Module) -> int:
     return _bytes_written(lambda p: save_compact(model, p))
 
 
-FORMATS: tuple[str, ...] = ("torch", "compact", "onnx", "state_dict")
+# ---------------------------------------------------------------- file formats
 
 
-def write_deployable(model: nn.Module, fmt: str, path: str | os.PathLike) -> int:
-    """Write ``model`` in its deployable form and return the bytes written:
+class FileFormat:
+    """How a compressed model's deployable file is written, sized and reloaded.
 
-    * ``torch``: ``torch.save`` of the whole module;
-    * ``compact``: :func:`save_compact` (sparse weights stored as bitmask/index + values);
-    * ``onnx``: the ONNX file of an ``OrtModule`` (``model.model_bytes``);
-    * ``state_dict``: ``torch.save(model.state_dict())`` (for modules that do not pickle whole).
+    A compression method names its format (``CompressionMethod.file_format``);
+    ``CompressedModel.save`` writes it and ``size_bytes`` is that file's size.
+    ``whole_module``: the in-memory model pickles whole, so MLflow can log it as a
+    model (pickle format) and reload it.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "torch":
+
+    name: str = ""
+    suffix: str = ".bin"  # file name suffix of the deployable file (MLflow artifact ``deployable/model<suffix>``)
+    whole_module: bool = True
+
+    def write(self, model: nn.Module, path: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, path: str | os.PathLike, *, template: nn.Module | None = None) -> nn.Module:
+        """The model in the file at ``path`` (trusted files only: torch formats unpickle).
+        ``template``: a model of the same structure, for formats that store weights only."""
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, path: str | os.PathLike) -> int:
+        """Write ``model`` to ``path``; returns the bytes written (``os.path.getsize``)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.write(model, Path(path))
+        return file_bytes(path)
+
+    def size_bytes(self, model: nn.Module) -> int:
+        """Bytes of ``model``'s file in this format, as really written (to a temporary file)."""
+        return _bytes_written(lambda p: self.save(model, p))
+
+    def __repr__(self) -> str:
+        return f"<file format {self.name}>"
+
+
+class TorchFile(FileFormat):
+    """``torch.save`` of the whole module."""
+
+    name, suffix = "torch", ".pt"
+
+    def write(self, model: nn.Module, path: Path) -> None:
         torch_save(model, path)
-    elif fmt == "compact":
-        return save_compact(model, path)
-    elif fmt == "onnx":
-        Path(path).write_bytes(model.model_bytes)
-    elif fmt == "state_dict":
+
+    def load(self, path, *, template=None) -> nn.Module:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class CompactFile(FileFormat):
+    """:func:`save_compact`: sparse weights stored as bitmask or index + values."""
+
+    name, suffix = "compact", ".compact.pt"
+
+    def write(self, model: nn.Module, path: Path) -> None:
+        save_compact(model, path)
+
+    def load(self, path, *, template=None) -> nn.Module:
+        return load_compact(path)
+
+
+class StateDictFile(FileFormat):
+    """``torch.save(model.state_dict())``, for modules that do not pickle whole (torchao int8)."""
+
+    name, suffix, whole_module = "state_dict", ".pt", False
+
+    def write(self, model: nn.Module, path: Path) -> None:
         torch_save(model.state_dict(), path)
-    else:
-        raise ValueError(f"unknown deployable format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return file_bytes(path)
+
+    def load(self, path, *, template=None) -> nn.Module:
+        if template is None:
+            raise ValueError("a state_dict file reloads into a model of the same structure: pass template=")
+        model = copy.deepcopy(template)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=False), assign=True)
+        return model
 
 
-def deployable_bytes(model: nn.Module, fmt: str) -> int:
-    """Bytes of ``model``'s deployable form as really written (to a temporary file)."""
-    return _bytes_written(lambda p: write_deployable(model, fmt, p))
+TORCH = TorchFile()
+COMPACT = CompactFile()
+STATE_DICT = StateDictFile()
