@@ -198,7 +198,6 @@ def final_runs_of(runs: pd.DataFrame) -> pd.DataFrame:
     return f.reset_index(drop=True)
 
 
-
 def best_trial(trials: pd.DataFrame, objective: str = "val_accuracy", direction: str = "maximize") -> pd.Series | None:
     """The best completed trial (a row of ``trials_of``) by ``objective`` in ``direction``, the
     lowest trial number on a tie (``stats.best_first``, the order ``sweep.best_trials`` uses for
@@ -206,7 +205,6 @@ def best_trial(trials: pd.DataFrame, objective: str = "val_accuracy", direction:
     done = trials[trials["state"] == "COMPLETE"].dropna(subset=[objective]) if objective in trials and not trials.empty else trials.iloc[0:0]
     index = best_of(list(done.index), value=lambda i: float(done.at[i, objective]), number=lambda i: int(done.at[i, "trial"]), direction=direction)
     return None if index is None else done.loc[index]
-
 
 
 def fetch_run(run_id: str, tracking_uri: str | None) -> dict[str, Any]:

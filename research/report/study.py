@@ -15,11 +15,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..stats import best_first, format_mean_std, format_state_counts, state_counts
+from ..stats import best_first, direction_sign, format_mean_std, format_state_counts, state_counts
 from .figures import new_figure
 from .runs import best_trial, final_runs_of, runs_frame, study_run_of, trials_of
 from .tables import markdown_table
 from .teachers import plot_teacher_weights, plot_vs_single_teacher, teachers_of
+
 
 def _param_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     names: list[str] = []
@@ -88,7 +89,6 @@ def study_markdown(
     return "\n".join(lines)
 
 
-
 def trials_overview(trials: pd.DataFrame, objective: str = "val_accuracy") -> pd.DataFrame:
     """The table of trials: number, state, enqueued, searched values, objective, test accuracy, seconds."""
     searched = [c for c in trials.columns if c in ("temperature", "alpha") or str(c).startswith("weight_")]
@@ -96,7 +96,6 @@ def trials_overview(trials: pd.DataFrame, objective: str = "val_accuracy") -> pd
                  and str(c).removeprefix("trial.") not in ("temperature", "alpha")]
     cols = ["trial", "state", "enqueued", *searched, objective, "test_accuracy", "duration_s", "run_id"]
     return trials[[c for c in dict.fromkeys(cols) if c in trials]].reset_index(drop=True)
-
 
 
 def best_vs_defaults(trials: pd.DataFrame, objective: str = "val_accuracy", direction: str = "maximize") -> pd.DataFrame:
@@ -132,7 +131,6 @@ def finalized(study_run: pd.Series | None, final_runs: pd.DataFrame | None = Non
     for c in ("trial", "seeds"):
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
     return out
-
 
 
 def plot_temperature_alpha(trials: pd.DataFrame, metric: str = "val_accuracy", direction: str = "maximize"):
@@ -194,7 +192,8 @@ def plot_trial_history(trials: pd.DataFrame, metric: str = "val_accuracy", direc
     done = trials[trials["state"] == "COMPLETE"].dropna(subset=[metric]) if metric in trials else trials.iloc[0:0]
     if not done.empty:
         ax.plot(done["trial"].astype(int), done[metric], "o", color="tab:blue", label=metric)
-        run_best = done[metric].cummax() if direction == "maximize" else done[metric].cummin()
+        sign = direction_sign(direction)
+        run_best = sign * (sign * done[metric]).cummin()  # the best so far: a running max when maximising
         ax.step(done["trial"].astype(int), run_best, where="post", color="tab:red", label="best so far")
         if "test_accuracy" in done:
             ax.plot(done["trial"].astype(int), done["test_accuracy"], ".", color="grey", alpha=0.7, label="test accuracy (not used to select)")
@@ -237,7 +236,6 @@ def plot_finalized(final: pd.DataFrame, final_runs: pd.DataFrame | None = None):
     ax.set_title("finalized on train+val, evaluated on the test split")
     ax.legend(loc="best", fontsize=8)
     return fig
-
 
 
 def study_run_figures(experiment: str, tracking_uri: str | None = None, *, objective: str = "val_accuracy",

@@ -9,6 +9,7 @@ import pandas as pd
 from .figures import new_figure
 from .runs import best_trial, drop_empty, fetch_run, with_role
 
+
 def teachers_of(runs: pd.DataFrame, trials: pd.DataFrame | None = None, tracking_uri: str | None = None) -> pd.DataFrame:
     """The teachers of a study in weight order (``teacher`` 0..K-1): their own runs (tag
     role=teacher) with test accuracy, model and a short ``label``. The order is the trials'
@@ -39,8 +40,6 @@ def teachers_of(runs: pd.DataFrame, trials: pd.DataFrame | None = None, tracking
     t["label"] = [f"T{k}: {m}" + (f" ({a:.3f})" if pd.notna(a) else "") for k, m, a in zip(t["teacher"], model, acc)]
     first = [c for c in ("teacher", "label", "model", "test_accuracy", "val_accuracy", "params", "seed", "run_name", "run_id") if c in t]
     return t[first + [c for c in t.columns if c not in first]]
-
-
 
 
 def dominant_teacher(trials: pd.DataFrame, dominance: float = 0.5) -> pd.Series:
