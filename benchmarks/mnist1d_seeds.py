@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from research.config import RunConfig, load_run_config  # noqa: E402
 from research.distill import TeacherLogitCache  # noqa: E402
+from research import stats  # noqa: E402
 from research.pipeline import RunResult, Teacher, load_run_data, train_student, train_teacher  # noqa: E402
+from research.stats import format_mean_std  # noqa: E402
 from research.tracking import Tracker  # noqa: E402
 
 LABELLED = ROOT / "studies" / "mnist1d_distill_labelled.yaml"
@@ -89,9 +91,8 @@ def run(seeds: list[int], cache_dir: str, smoke: bool, seed0_teacher: bool) -> l
     return results
 
 
-def mean_std(values: list[float], fmt: str) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{format(statistics.fmean(values), fmt)} ± {format(std, fmt)}"
+def mean_std(values: list[float], digits: int) -> str:
+    return format_mean_std(*stats.mean_std(values), digits=digits)
 
 
 def report(results: list[RunResult], args: argparse.Namespace, total_s: float) -> str:
@@ -119,8 +120,8 @@ def report(results: list[RunResult], args: argparse.Namespace, total_s: float) -
             continue
         m = lambda k: [r.metrics[k] for r in rs]  # noqa: E731
         lines.append(
-            f"| {label} | {len(rs)} | {mean_std(m('test_accuracy'), '.4f')} | {mean_std(m('test_errors'), '.1f')} "
-            f"| {mean_std(m('val_accuracy'), '.4f')} | {int(m('params')[0]):,} | {statistics.fmean(m('train_time_s')):.1f} | {published} |"
+            f"| {label} | {len(rs)} | {mean_std(m('test_accuracy'), 4)} | {mean_std(m('test_errors'), 1)} "
+            f"| {mean_std(m('val_accuracy'), 4)} | {int(m('params')[0]):,} | {statistics.fmean(m('train_time_s')):.1f} | {published} |"
         )
     lines += [
         "",

@@ -54,6 +54,9 @@ def main() -> None:
 
     import optuna
 
+    from research.stats import format_mean_std, state_counts
+    from research.sweep import best_trials
+
     walls_file = work / "walls.json"
     if args.report_only:
         walls = {k if not k.isdigit() else int(k): v for k, v in json.loads(walls_file.read_text()).items()}
@@ -81,11 +84,11 @@ def main() -> None:
         study = optuna.load_study(study_name=f"kd_bench_w{workers}", storage=storage)
         studies[workers] = study
         phase, done = trial_phase(study)
-        states = [t.state.name for t in done]
+        counts = state_counts(t.state for t in done)
         complete = [t for t in done if t.state.name == "COMPLETE"]  # pruned trials end before their final logging
         logging_s = sum(t.user_attrs.get("tracking_time_s") or 0.0 for t in complete)
         busy_s = sum(t.duration.total_seconds() for t in complete)
-        lines.append(f"| {workers} | {len(done)} | {states.count('COMPLETE')} / {states.count('PRUNED')} / {states.count('FAIL')} | "
+        lines.append(f"| {workers} | {len(done)} | {counts['COMPLETE']} / {counts['PRUNED']} / {counts['FAIL']} | "
                      f"{walls[workers]:.0f} | {phase:.0f} | {3600 * len(done) / phase:.0f} | {100 * logging_s / busy_s:.1f} % |")
     lines += ["", "MLflow share: time inside the trial runs' MLflow calls (params, per-epoch metrics, final metrics, weights, "
                   "config) over the complete trials' own durations. Wall of the command: the first study also trains the "
@@ -93,7 +96,7 @@ def main() -> None:
 
     study = studies[1]
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    best = max(complete, key=lambda t: (t.value, -t.number))
+    best = best_trials(study, 1)[0]
     defaults = [t for t in complete if t.user_attrs.get("enqueued")]
     lines += ["## Best trial against the enqueued defaults (1-worker study)", "",
               "| | trial | temperature | alpha | val accuracy | test accuracy (reported, not used) |", "|---|---:|---:|---:|---:|---:|"]
@@ -109,7 +112,7 @@ def main() -> None:
     for label in ("best", "default"):
         key = f"final_{label}_test_accuracy_mean"
         if key in parent:
-            lines.append(f"| {label} | {int(parent[f'final_{label}_trial'])} | {100 * parent[key]:.2f} ± {100 * parent[f'final_{label}_test_accuracy_std']:.2f} % |")
+            lines.append(f"| {label} | {int(parent[f'final_{label}_trial'])} | {format_mean_std(parent[key], parent[f'final_{label}_test_accuracy_std'], scale=100, unit=' %')} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

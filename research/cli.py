@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .stats import best_of, format_mean_std, format_state_counts, state_counts
+
 EXIT_BAD_INPUT = 2
 
 
@@ -257,11 +259,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             elif v is None:
                 cells.append("-")
             elif key == "test_accuracy":
-                cells.append(f"{100 * v:.2f} ± {100 * r.get(key + '_std', 0):.2f} %")
+                cells.append(format_mean_std(v, r.get(key + "_std"), scale=100, unit=" %"))
             elif key == "params":
                 cells.append(f"{v:,.0f}")
             else:
-                cells.append(f"{v:.1f} ± {r.get(key + '_std', 0):.1f}")
+                cells.append(format_mean_std(v, r.get(key + "_std"), digits=1))
         body.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
@@ -388,14 +390,11 @@ def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float, *, best
     its Pareto front); default: the best by the first objective."""
     obj = cfg.objectives[0]
     done = [r for r in rows if r["state"] == "COMPLETE"]
-    states = [r["state"] for r in rows]
-    lines = [f"\nstudy {cfg.name}: {len(rows)} trials ({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
-             f"{states.count('FAIL')} failed) in {wall_s:.0f} s"]
+    lines = [f"\nstudy {cfg.name}: {len(rows)} trials ({format_state_counts(state_counts(r['state'] for r in rows))}) in {wall_s:.0f} s"]
     if not done:
         return "\n".join(lines + ["no completed trial"])
-    sign = -1 if obj.direction == "maximize" else 1
-    chosen = [r for r in done if r["number"] == best_trial]
-    best = chosen[0] if chosen else min(done, key=lambda r: (sign * r["values"][0], r["number"]))
+    best = best_of(done, value=lambda r: r["values"][0], number=lambda r: r["number"], direction=obj.direction,
+                   preferred=() if best_trial is None else (best_trial,))
     table = [("best", best)] + [("enqueued default", r) for r in done if r["enqueued"]]
     for label, r in table:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items() if not k.startswith("w_"))
@@ -461,7 +460,7 @@ def _study_finalize(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     out = sweep.finalize(study, cfg, seeds=seeds, include_default=not args.no_default, progress=not args.no_progress)
     for label, s in out.items():
-        print(f"{label:<8} (trial {int(s['trial'])}): test accuracy {100 * s['test_accuracy_mean']:.2f} ± {100 * s['test_accuracy_std']:.2f} % "
+        print(f"{label:<8} (trial {int(s['trial'])}): test accuracy {format_mean_std(s['test_accuracy_mean'], s['test_accuracy_std'], scale=100, unit=' %')} "
               f"over {len(seeds)} seeds, trained on train+val")
     return 0
 

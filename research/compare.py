@@ -13,13 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from .compress import compression_method
 from .config import CompareConfig, CompareMethod
 from .evaluate import count_parameters
 from .pipeline import RunResult, compress_run, load_run_data, obtain_teachers, train_student
-from .report import comparison_figures, comparison_markdown, comparison_rows, figures_to_files
+from .report import comparison_figures, comparison_markdown, comparison_table, figures_to_files
 from .tracking import Tracker
 
 
@@ -65,8 +66,9 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, *, config_path: str 
         teacher_metrics = dict(tracker.get_run(teachers[0].run_id).data.metrics) if teachers[0].run_id else {}
         if teacher_metrics:
             results.append({"method": "teacher", "budget": 1.0, "seed": -1, "run_id": teachers[0].run_id, **teacher_metrics})
-        rows = comparison_rows(results, teacher_params)
-        figures = comparison_figures(rows)
+        runs = pd.DataFrame(results)
+        rows = comparison_table(runs, teacher_params=teacher_params)
+        figures = comparison_figures(runs)
         files = figures_to_files(figures, out_dir)
         md = comparison_markdown(cfg.name, rows, teacher_params=teacher_params, seeds=cfg.compare.seeds, figure_files=files)
         table = Path(out_dir) / "comparison.md"
@@ -74,7 +76,7 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, *, config_path: str 
         parent.log_text(md, "report/comparison.md")
         for f in files:
             parent.log_artifact(f, "report")
-        for name, mean in _best_per_method(rows).items():
+        for name, mean in _best_per_method(rows.to_dict("records")).items():
             parent.log_metrics({f"best_test_accuracy.{name.replace('+', '_then_')}": mean})  # "+" is not allowed in metric names
     except BaseException as e:
         parent.set_tags({"error": " ".join(f"{type(e).__name__}: {e}".split())[:500]})

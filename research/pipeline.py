@@ -4,7 +4,6 @@ evaluation -> tracking. The CLI and the study code both call these functions.
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
 from .evaluate import deployment_metrics
 from .models import build_model
+from .stats import mean_std
 from .tasks import Task, build_task
 from .tracking import RunHandle, Tracker
 from .train import EpochCallback, History, fit, seed_everything
@@ -372,8 +372,7 @@ def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("test_accu
         for m in metrics:
             vals = [r.metrics[m] for r in group if m in r.metrics]
             if vals:
-                row[m] = statistics.fmean(vals)
-                row[m + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                row[m], row[m + "_std"] = mean_std(vals)
         rows.append(row)
     return rows
 

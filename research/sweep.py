@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from tqdm.auto import tqdm
 from .config import Choice, ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, config_hash, parse
 from .pipeline import Teacher, compress_run, load_run_data, obtain_teachers, train_student
 from .distill import TeacherLogitCache, normalize_teacher_weights
+from .stats import best_first, mean_std, state_counts
 from .tracking import DEFAULT_DIR, Tracker
 
 DEFAULT_JOURNAL = DEFAULT_DIR / "optuna" / "journal.log"
@@ -480,9 +480,8 @@ def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
     trials, each group by the first objective. Ordering by the first objective
     alone could put first a dominated trial that ties on it with a front member."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
     front = {t.number for t in study.best_trials} if len(study.directions) > 1 and done else set()
-    return sorted(done, key=lambda t: (len(front) > 0 and t.number not in front, sign * t.values[0], t.number))[:k]
+    return best_first(done, value=lambda t: t.values[0], number=lambda t: t.number, direction=study.directions[0], preferred=front)[:k]
 
 
 def enqueued_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -499,9 +498,8 @@ def finish_study(ctx_tracker: Tracker, study: optuna.Study, cfg: StudyConfig, *,
     parent = tracker.handle(parent_id)
     best = best_trials(study, max(1, cfg.keep_models))
     summary: dict[str, Any] = {"n_finished": count_finished(study)}
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    counts = {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    parent.log_metrics({f"trials_{k}": v for k, v in counts.items()})
+    counts = state_counts(t.state for t in study.get_trials(deepcopy=False))
+    parent.log_metrics({f"trials_{k.lower()}": counts[k] for k in ("COMPLETE", "PRUNED", "FAIL")})
     if best:
         top = best[0]
         summary["best_trial"] = top.number
@@ -610,8 +608,8 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
                               extra_tags={"study": study.study_name, "from_trial": trial.number},
                               extra_params={f"trial.{k}": v for k, v in trial.params.items()})
             accs.append(r.metrics["test_accuracy"])
-        stats = {"test_accuracy_mean": statistics.fmean(accs), "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                 "seeds": float(len(accs)), "trial": float(trial.number)}
+        mean, std = mean_std(accs)
+        stats = {"test_accuracy_mean": mean, "test_accuracy_std": std, "seeds": float(len(accs)), "trial": float(trial.number)}
         out[label] = stats
         tracker.handle(parent_id).log_metrics({f"final_{label}_{k}": v for k, v in stats.items()})
     return out
@@ -634,10 +632,10 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
     rows = []
     for s in optuna.get_all_study_summaries(store, include_best_trial=True):
         study = optuna.load_study(study_name=s.study_name, storage=store)
-        states = [t.state for t in study.get_trials(deepcopy=False)]
+        counts = state_counts(t.state for t in study.get_trials(deepcopy=False))
         best = s.best_trial.values[0] if s.best_trial is not None and s.best_trial.values else None
-        rows.append({"name": s.study_name, "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
-                     "failed": states.count(TrialState.FAIL), "running": states.count(TrialState.RUNNING), "best": best,
+        rows.append({"name": s.study_name, "complete": counts["COMPLETE"], "pruned": counts["PRUNED"],
+                     "failed": counts["FAIL"], "running": counts["RUNNING"], "best": best,
                      "experiment": s.user_attrs.get(ATTR_EXPERIMENT, ""), "started": s.datetime_start})
     return rows
 

@@ -132,13 +132,7 @@ def study_plots(name: str, uri: str, storage: str | None, out: Path) -> tuple[li
     info["columns"] = [f"metrics.`{info['objective']}`", "metrics.`test_accuracy`"] + [
         f"params.`{c}`" for c in ("distill.temperature", "distill.alpha") if c in trials
     ] + [f"params.`distill.teacher_weights.{k}`" for k in range(8) if f"weight_{k}" in trials] + ["tags.`enqueued`"]
-    paths = []
-    out.mkdir(parents=True, exist_ok=True)
-    for fname, fig in figures.items():
-        path = out / f"{fname}.png"
-        fig.savefig(path, dpi=100)
-        paths.append(path)
-    return paths, info
+    return report.figures_to_files(figures, out, dpi=100), info
 
 
 def ui_screenshot(uri: str, experiment: str, info: dict, out: Path, *, ui_url: str | None, port: int | None, chromium: str | None) -> Path:

@@ -212,6 +212,21 @@ def test_frames_and_figures_from_the_study(study):
         report.runs_frame("nope", uri)
 
 
+@pytest.mark.slow
+def test_the_notebook_table_is_the_comparison_report(study):
+    """Notebook 02 reads the comparison's runs back from MLflow; its table, rendered like
+    `research compare` renders it, has the same rows as comparison.md (the teacher aside:
+    `research compare` files it under budget 1x, its MLflow run has no budget tag)."""
+    work, uri = study
+    points = report.comparison_runs(report.runs_frame(f"{NAME}_compare", uri))
+    table = report.comparison_table(points)
+    teacher_params = int(table.loc[table["method"] == "teacher", "params"].iloc[0])
+    md = report.comparison_markdown(f"{NAME}_compare", table, teacher_params=teacher_params, seeds=[0])
+    written = (work / "compare" / "comparison.md").read_text()
+    rows = lambda text: sorted(line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| teacher"))  # noqa: E731
+    assert len(rows(written)) == 1 + 4 and rows(md) == rows(written)  # the header and distill, student, prune, int8
+
+
 # ----------------------------------------------------------------------------- report functions, synthetic
 
 
@@ -258,8 +273,8 @@ def test_pareto_front_per_method():
     front = report.pareto_front(pts, "size_bytes")
     assert front[front["method"] == "a"]["size_bytes"].tolist() == [10, 20, 20]  # ties are kept
     assert front[front["method"] == "b"]["size_bytes"].tolist() == [5, 50]
-    table = report.comparison_table(pts.assign(latency_b1_ms=[1, 1, 1, 1, 1, 1]))
-    assert table["front_size_bytes"].sum() == 5 and table["test_accuracy"].is_monotonic_decreasing
+    table = report.comparison_table(pts.assign(latency_b1_ms=[1, 1, 1, 1, 1, 1]))  # no budget or tags: a row per run
+    assert table["front_size_bytes"].sum() == 5 and table["method"].tolist() == ["a"] * 4 + ["b"] * 2
     assert report.method_summary(pts).set_index("method").loc["a", "runs"] == 4
     fig = report.plot_pareto(pts)
     assert len(fig.axes[0].get_legend().get_texts()) == 3  # a, b, and the front over both
