@@ -14,9 +14,9 @@ import re
 import optuna
 import pytest
 
+from research.cli import main
 from research.config import ConfigError, StudyConfig, parse
 from research.sweep import SearchEncoder, SearchSpace, SpaceError, trial_config
-from research.cli import main
 
 from .study_support import PLAIN, blank_db, chdir_to, client_for, keep_torch_threads, load, study_cache, trial_runs, write_study  # noqa: F401
 
@@ -227,6 +227,8 @@ CONDITION_BAD = {
                "train.schedule": {"choices": ["step", "cosine"], "when": {"train.optimizer": "sgd"}}},
               "conditions form a cycle: search.params.train.optimizer, search.params.train.schedule"),
     "itself": ({"train.optimizer": {"choices": ["sgd", "adam"], "when": {"train.optimizer": "sgd"}}}, "cannot depend on itself"),
+    "a shorthand's key again": ({"distill.temperature": {"low": 1.0, "high": 4.0}},
+                                r"search.params.distill.temperature: distill.temperature is searched twice \(also by search.temperature\)"),
 }
 
 

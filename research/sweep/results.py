@@ -88,7 +88,8 @@ def final_metric(cfg: StudyConfig) -> str:
     return f"test_{build_task(cfg.task).validation_metric}"
 
 
-def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], include_default: bool = True, progress: bool = True) -> dict[str, dict[str, float]]:
+def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], include_default: bool = True,
+             progress: bool = True) -> dict[str, dict[str, float]]:
     """Retrain the best configuration (and the first enqueued default) on the whole
     training split with several seeds; test mean and spread go to the parent run.
 

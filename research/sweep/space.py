@@ -209,7 +209,7 @@ class SearchSpace(_Strict):
 # ---------------------------------------------------------------- dimensions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Dimension:
     """One searched config key and the Optuna parameter(s) standing for it.
 
@@ -250,12 +250,12 @@ class Dimension:
         return {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Param(Dimension):
     """One Optuna parameter ``name`` drawn from ``space``, one config key."""
 
-    name: str = ""
-    space: FloatRange | IntRange | Choice | None = None
+    name: str
+    space: FloatRange | IntRange | Choice
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -284,7 +284,7 @@ class Param(Dimension):
             raise SpaceError(name, str(e)) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SimplexWeights(Dimension):
     """K teachers' weights: parameters ``w_0..w_{K-1}`` drawn in [LOW, HIGH] and
     normalised to sum 1 (the config value, a list of K floats)."""
@@ -293,7 +293,7 @@ class SimplexWeights(Dimension):
     HIGH: ClassVar[float] = 1.0
     USER_ATTR: ClassVar[str] = "teacher_weights"
 
-    k: int = 2
+    k: int
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -27,8 +27,17 @@ from ..pipeline import load_run_data, obtain_teachers
 from ..tracking import Tracker
 from .objective import StudyContext, _mark_failed_run, make_objective
 from .storage import (
-    ATTR_CONFIG, ATTR_CONFIG_HASH, ATTR_EXPERIMENT, ATTR_PARENT, ATTR_TRACKING_URI, StudyError, count_finished, make_pruner,
-    make_sampler, open_storage, started_trials,
+    ATTR_CONFIG,
+    ATTR_CONFIG_HASH,
+    ATTR_EXPERIMENT,
+    ATTR_PARENT,
+    ATTR_TRACKING_URI,
+    StudyError,
+    count_finished,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    started_trials,
 )
 
 
