@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .stats import best_of, format_mean_std, format_state_counts, state_counts
+from .stats import format_mean_std
 
 EXIT_BAD_INPUT = 2
 
@@ -358,9 +358,11 @@ def _study_resume(args: argparse.Namespace) -> int:
 
 
 def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress) -> int:
+    import time
+
     from . import sweep
 
-    t0 = __import__("time").perf_counter()
+    t0 = time.perf_counter()
     try:
         sweep.launch(cfg, study, storage, n_trials=n_trials, workers=workers, timeout_s=timeout, progress=progress)
     except BaseException:
@@ -369,9 +371,8 @@ def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeo
             tracker.end(tracker.handle(parent), "KILLED")
         raise
     summary = sweep.finish_study(tracker, study, cfg)
-    wall = __import__("time").perf_counter() - t0
-    rows = sweep.trials_table(study)
-    print(format_study_summary(cfg, rows, wall, best_trial=summary.get("best_trial")))
+    wall = time.perf_counter() - t0
+    print(sweep.format_study_summary(cfg, sweep.trials_table(study), wall, best_trial=summary.get("best_trial")))
     _print_ui_hint(tracker)
     print(f"Report with plots: research study report {cfg.name}{_storage_flag(storage)};  "
           f"test figures: research study finalize {cfg.name} --seeds 3{_storage_flag(storage)}")
@@ -384,70 +385,19 @@ def _storage_flag(storage: str) -> str:
     return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {storage}"
 
 
-def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float, *, best_trial: int | None = None) -> str:
-    """Best trial against the enqueued defaults (validation metric; test shown, not used).
-    ``best_trial``: the number sweep.best_trials chose (a multi-objective study's best is on
-    its Pareto front); default: the best by the first objective."""
-    obj = cfg.objectives[0]
-    done = [r for r in rows if r["state"] == "COMPLETE"]
-    lines = [f"\nstudy {cfg.name}: {len(rows)} trials ({format_state_counts(state_counts(r['state'] for r in rows))}) in {wall_s:.0f} s"]
-    if not done:
-        return "\n".join(lines + ["no completed trial"])
-    best = best_of(done, value=lambda r: r["values"][0], number=lambda r: r["number"], direction=obj.direction,
-                   preferred=() if best_trial is None else (best_trial,))
-    table = [("best", best)] + [("enqueued default", r) for r in done if r["enqueued"]]
-    for label, r in table:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items() if not k.startswith("w_"))
-        if r.get("teacher_weights"):
-            params += ", weights=[" + ", ".join(f"{w:.2f}" for w in r["teacher_weights"]) + "]"
-        test = f", test acc {r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else ""
-        lines.append(f"  {label:<17} trial {r['number']:>3}: {obj.metric} {r['values'][0]:.4f}{test}  ({params})")
-    return "\n".join(lines)
-
-
 def _study_list(args: argparse.Namespace) -> int:
     from . import sweep
 
-    rows = sweep.list_studies(sweep.storage_url(args.storage))
-    if not rows:
-        print("no studies")
-        return 0
-    header = ["study", "complete", "pruned", "failed", "running", "best", "experiment", "started"]
-    body = [[r["name"], r["complete"], r["pruned"], r["failed"], r["running"], "-" if r["best"] is None else f"{r['best']:.4f}",
-             r["experiment"], r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] else "-"] for r in rows]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
-    for cells in [header, *body]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
+    print(sweep.format_study_list(sweep.list_studies(sweep.storage_url(args.storage))))
     return 0
 
 
 def _study_report(args: argparse.Namespace) -> int:
-    from . import report, sweep
-    from .tracking import Tracker
+    from . import sweep
 
-    storage = sweep.storage_url(args.storage)
-    study, cfg = sweep.load_existing(args.name, storage)
-    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
-    parent_id = study.user_attrs[sweep.ATTR_PARENT]
     out = Path(args.out or Path("reports") / args.name)
-    figures = sweep.study_figures(study, cfg)
-    figures.update(report.study_run_figures(study.user_attrs.get(sweep.ATTR_EXPERIMENT, cfg.tracking.experiment), tracker.uri,
-                                            objective=cfg.objectives[0].metric, direction=cfg.objectives[0].direction))
-    files = report.figures_to_files(figures, out)
-    md = report.study_markdown(
-        args.name, sweep.trials_table(study), objective_names=[o.metric for o in cfg.objectives], directions=cfg.directions,
-        parent_metrics=dict(tracker.get_run(parent_id).data.metrics), figure_files=files,
-        settings={"sampler": cfg.sampler.name, "pruner": cfg.pruner.name, "searched": ", ".join(cfg.searched_names()),
-                  "MLflow experiment": cfg.tracking.experiment, "parent run": parent_id},
-        best_trial=next((t.number for t in sweep.best_trials(study, 1)), None),
-    )
-    (out / "report.md").write_text(md)
-    handle = tracker.handle(parent_id)
-    handle.log_text(md, "report/report.md")
-    for f in files:
-        handle.log_artifact(f, "report")
-    sweep._close_figures(figures)  # pyplot keeps every figure open until closed
-    print(f"wrote {out / 'report.md'} and {len(files)} plots; also on MLflow run {parent_id} under report/")
+    written = sweep.write_study_report(args.name, sweep.storage_url(args.storage), out)
+    print(f"wrote {written.markdown} and {len(written.figures)} plots; also on MLflow run {written.parent_run_id} under report/")
     return 0
 
 
@@ -455,13 +405,9 @@ def _study_finalize(args: argparse.Namespace) -> int:
     _positive(args.seeds, "--seeds")
     from . import sweep
 
-    storage = sweep.storage_url(args.storage)
-    study, cfg = sweep.load_existing(args.name, storage)
-    seeds = list(range(args.seeds))
-    out = sweep.finalize(study, cfg, seeds=seeds, include_default=not args.no_default, progress=not args.no_progress)
-    for label, s in out.items():
-        print(f"{label:<8} (trial {int(s['trial'])}): test accuracy {format_mean_std(s['test_accuracy_mean'], s['test_accuracy_std'], scale=100, unit=' %')} "
-              f"over {len(seeds)} seeds, trained on train+val")
+    study, cfg = sweep.load_existing(args.name, sweep.storage_url(args.storage))
+    out = sweep.finalize(study, cfg, seeds=list(range(args.seeds)), include_default=not args.no_default, progress=not args.no_progress)
+    print(sweep.format_finalize(cfg, out))
     return 0
 
 

@@ -19,7 +19,8 @@ from pydantic_core import core_schema
 from .data import DATASETS, check_data_available
 from .distill.objectives import available_objectives, objective_knob_names, validate_objective_args
 from .models import validate_model_args
-from .tasks import available_tasks
+from .sweep.space import Choice, FloatRange, IntRange, SearchEncoder, SearchSpace, SpaceError  # noqa: F401  (re-exported)
+from .tasks import available_tasks, build_task
 
 
 class ConfigError(ValueError):
@@ -444,48 +445,6 @@ def check_run_files(cfg: RunConfig) -> None:
 
 # ---------------------------------------------------------------- studies
 
-SEARCHABLE = ("temperature", "alpha")
-
-
-class FloatRange(Strict):
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "FloatRange":
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got {self.low}")
-        return self
-
-
-class IntRange(Strict):
-    int_low: int
-    int_high: int
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
-        if not self.int_low < self.int_high:
-            raise ValueError(f"int_low ({self.int_low}) must be below int_high ({self.int_high})")
-        return self
-
-
-class Choice(Strict):
-    choices: list[Any] = Field(min_length=1)
-
-
-class SearchSpace(Strict):
-    """What the study searches; anything not searched keeps the run config's value."""
-
-    temperature: FloatRange | None = Field(default_factory=lambda: FloatRange(low=1.0, high=20.0, log=True))
-    alpha: FloatRange | None = Field(default_factory=lambda: FloatRange(low=0.0, high=1.0))
-    teacher_weights: bool = False  # draw K positive values, normalise onto the simplex
-    params: dict[str, FloatRange | IntRange | Choice] = Field(default_factory=dict)  # other dotted keys, e.g. train.lr
-
-
 class SamplerConfig(Strict):
     name: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
     seed: int | None = 0
@@ -506,33 +465,43 @@ class PrunerConfig(Strict):
     n_warmup_steps: int = Field(3, ge=0)  # epochs before a trial may be pruned
 
 
+# Run metrics that measure the model's cost (research.evaluate.deployment_metrics): lower is better.
+COST_METRICS = ("params", "params_nonzero", "size_bytes", "latency_b1_ms", "latency_b256_ms", "flops")
+
+
 class Objective(Strict):
-    metric: str = "val_accuracy"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    """One metric a study optimises: a validation metric of the run's task (``val_<name>``,
+    e.g. ``val_accuracy``) or a cost (COST_METRICS). ``direction`` may be left out for the
+    task's validation metric (the task's direction) and for costs (minimize); the study
+    config fills it in and checks the metric against its task."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None
 
     @field_validator("metric")
     @classmethod
     def _not_test(cls, v: str) -> str:
         if v.startswith("test_"):
             raise ValueError(f"{v!r}: the test set never steers the search; use a val_ metric")
-        allowed = ("val_accuracy", "val_nll", "val_ece", "val_agreement", "val_kl_to_teacher", "params", "size_bytes",
-                   "latency_b1_ms", "latency_b256_ms", "flops")
-        if v not in allowed:
-            raise ValueError(f"unknown objective metric {v!r}; choose from {', '.join(allowed)}")
         return v
 
 
 class StudyConfig(RunConfig):
-    """A run config plus what to search, how, and for how long."""
+    """A run config plus what to search, how, and for how long.
+
+    ``search`` is read by ``research.sweep.space`` (:meth:`search_encoder`): the one
+    place that maps Optuna parameters to config keys. ``objectives`` defaults to the
+    task's validation metric and direction."""
 
     search: SearchSpace = Field(default_factory=SearchSpace)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
-    objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
+    objectives: list[Objective] = Field(default_factory=list, min_length=1)  # default (empty): the task's validation metric
     n_trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(None, gt=0)
     storage: str | None = None  # None: the journal file mlruns/optuna/journal.log
-    enqueue: list[dict[str, float]] = Field(default_factory=lambda: [{"temperature": 4.0, "alpha": 0.1}])
+    # Points run first (published defaults), by parameter name or config key, e.g. {temperature: 4.0, alpha: 0.1}.
+    enqueue: list[dict[str, Any]] = Field(default_factory=lambda: [{"temperature": 4.0, "alpha": 0.1}])
     keep_models: int = Field(3, ge=0)  # best trials whose student is logged as an MLflow model
     baseline: bool = False  # studies compare trials, not the student alone
 
@@ -542,32 +511,55 @@ class StudyConfig(RunConfig):
             raise ValueError("student: a distillation study needs a student model")
         if self.compress is None and not self.teachers:
             raise ValueError("teachers: a distillation study needs at least one teacher")
+        self.__dict__["objectives"] = self._checked_objectives()
         if self.search.teacher_weights and len(self.teachers) < 2:
             raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
         base = flatten(self.model_dump(mode="json"))
         for key in self.search.params:
             if not self._searchable(key, base):
                 raise ValueError(f"search.params.{key}: not a searchable config key (e.g. train.lr, train.weight_decay, student.args.widths)")
-        names = set(self.searched_names())
+        encoder = self.search_encoder()  # SpaceError (a ValueError naming the field) on a bad condition
+        names = encoder.names
         if not names:
             raise ValueError("search: nothing to search; give temperature, alpha, teacher_weights or params")
         if len(self.objectives) > 1 and self.pruner.name != "none":
             raise ValueError("pruner: pruning needs a single objective; set pruner.name: none for multi-objective studies")
         if self.sampler.grid:
-            unknown = set(self.sampler.grid) - names
+            unknown = set(self.sampler.grid) - set(names)
             if unknown:
-                raise ValueError(f"sampler.grid: {', '.join(sorted(unknown))} not searched; searched: {', '.join(sorted(names))}")
+                raise ValueError(f"sampler.grid: {', '.join(sorted(unknown))} not searched; searched: {', '.join(names)}")
+            missing = [n for n in names if n not in self.sampler.grid]
+            if missing:  # Optuna's GridSampler fails the first trial that draws one
+                raise ValueError(f"sampler.grid: no values for {', '.join(missing)} (the grid sampler needs every searched parameter)")
         if "enqueue" not in self.model_fields_set:  # the published defaults, where they were searched
-            self.__dict__["enqueue"] = [p for p in self.enqueue if set(p) <= names]
+            self.__dict__["enqueue"] = [p for p in self.enqueue if all(encoder.dimension(k) is not None for k in p)]
+        points = []
         for i, point in enumerate(self.enqueue):
-            unknown = set(point) - names
-            if unknown:
-                raise ValueError(f"enqueue.{i}: {', '.join(sorted(unknown))} not searched; searched: {', '.join(sorted(names))}")
-            for k, v in point.items():
-                space = self._space(k)
-                if isinstance(space, FloatRange) and not space.low <= v <= space.high:
-                    raise ValueError(f"enqueue.{i}.{k}: {v} is outside [{space.low}, {space.high}]")
+            try:
+                points.append(encoder.check_point(point))
+            except SpaceError as e:
+                raise ValueError(f"enqueue.{i}.{e.name}: {e.reason}" if e.name else f"enqueue.{i}: {e.reason}") from None
+        self.__dict__["enqueue"] = points  # numbers as their range's type: 4 and 4.0 are one study
         return self
+
+    def _checked_objectives(self) -> list[Objective]:
+        """The objectives with their directions filled in; the task says which validation
+        metrics exist and the direction of its own."""
+        task = build_task(self.task)
+        own = f"val_{task.validation_metric}"
+        if not self.objectives:
+            return [Objective(metric=own, direction=task.direction)]
+        allowed = [f"val_{m}" for m in (*task.metric_names, *task.teacher_metric_names)] + list(COST_METRICS)
+        out = []
+        for i, o in enumerate(self.objectives):
+            if o.metric not in allowed:
+                raise ValueError(f"objectives.{i}.metric: unknown objective metric {o.metric!r} for task {self.task!r}; "
+                                 f"choose from {', '.join(allowed)}")
+            direction = o.direction or (task.direction if o.metric == own else "minimize" if o.metric in COST_METRICS else None)
+            if direction is None:
+                raise ValueError(f"objectives.{i}.direction: give maximize or minimize for {o.metric}")
+            out.append(Objective(metric=o.metric, direction=direction))
+        return out
 
     def _searchable(self, key: str, base: dict[str, Any]) -> bool:
         if key.startswith(("search.", "sampler.", "pruner.", "objectives.", "tracking.", "data.", "enqueue.")):
@@ -582,17 +574,14 @@ class StudyConfig(RunConfig):
             return True
         return False
 
-    def searched_names(self) -> list[str]:
-        s = self.search
-        names = [n for n in SEARCHABLE if getattr(s, n) is not None]
-        if s.teacher_weights:
-            names += [f"w_{k}" for k in range(len(self.teachers))]
-        return names + list(s.params)
+    def search_encoder(self) -> SearchEncoder:
+        """The encoder between this study's Optuna parameters and config overrides
+        (research.sweep.space); SpaceError when a condition is invalid."""
+        return SearchEncoder.of(self.search, len(self.teachers))
 
-    def _space(self, name: str):
-        if name in SEARCHABLE:
-            return getattr(self.search, name)
-        return self.search.params.get(name)
+    def searched_names(self) -> list[str]:
+        """The Optuna parameter names a trial may store, in drawing order."""
+        return self.search_encoder().names
 
     @property
     def directions(self) -> list[str]:

@@ -11,7 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from research.sweep import _mark_failed_run, _pruning_callback
+from research.sweep import PruningTarget, _mark_failed_run, _pruning_callback
 from research.tracking import RunKilled, Tracker, _one_line
 
 
@@ -94,10 +94,13 @@ def pruning_study():
     return study
 
 
+ACCURACY = PruningTarget("val_accuracy")
+
+
 def test_a_trial_below_the_median_is_pruned_at_that_epoch():
     study = pruning_study()
     trial = study.ask()
-    report = _pruning_callback(trial)
+    report = _pruning_callback(trial, ACCURACY)
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 1 \(val_accuracy 0.1235\)"):
         report(1, {"val_accuracy": 0.12345, "val_nll": 2.0})
     assert study.trials[trial.number].intermediate_values == {1: 0.12345}
@@ -106,7 +109,7 @@ def test_a_trial_below_the_median_is_pruned_at_that_epoch():
 def test_a_good_trial_is_reported_and_not_pruned():
     study = pruning_study()
     trial = study.ask()
-    report = _pruning_callback(trial)
+    report = _pruning_callback(trial, ACCURACY)
     report(1, {"val_accuracy": 0.95})
     report(2, {"val_accuracy": 0.97})
     assert study.trials[trial.number].intermediate_values == {1: 0.95, 2: 0.97}
@@ -115,8 +118,27 @@ def test_a_good_trial_is_reported_and_not_pruned():
 def test_epochs_without_a_validation_accuracy_are_not_reported():
     study = pruning_study()
     trial = study.ask()
-    _pruning_callback(trial)(1, {"train_loss": 0.01, "val_nll": 9.0})  # would be pruned if reported as anything
+    _pruning_callback(trial, ACCURACY)(1, {"train_loss": 0.01, "val_nll": 9.0})  # would be pruned if reported as anything
     assert study.trials[trial.number].intermediate_values == {}
+
+
+def test_the_target_metric_is_reported_with_its_sign_and_named_when_pruned():
+    """A minimised study pruning on accuracy reports -accuracy: the median rule then keeps
+    the high-accuracy trial and prunes the low one, as it would on a maximised study."""
+    study = optuna.create_study(direction="minimize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    first = study.ask()
+    first.report(-0.9, step=1)
+    study.tell(first, 100.0)
+    target = PruningTarget("val_accuracy", -1.0)
+    good = study.ask()
+    _pruning_callback(good, target)(1, {"val_accuracy": 0.95})
+    assert study.trials[good.number].intermediate_values == {1: -0.95}
+    bad = study.ask()
+    with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 1 \(val_accuracy 0.5000\)"):
+        _pruning_callback(bad, target)(1, {"val_accuracy": 0.5})
+    nll = study.ask()  # another metric: only that one is read
+    _pruning_callback(nll, PruningTarget("val_nll"))(2, {"val_accuracy": 0.1, "val_nll": 0.25})
+    assert study.trials[nll.number].intermediate_values == {2: 0.25}
 
 
 def test_a_finished_trials_state_is_tagged_on_its_run(tracker):

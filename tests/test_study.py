@@ -222,17 +222,17 @@ def test_two_workers_share_one_study(backend, tmp_path, monkeypatch, study_cache
 
 
 def test_ctrl_c_during_a_trial_kills_the_parent_and_leaves_no_run_running(tmp_path, monkeypatch, study_cache, blank_db, capsys):
-    from research import sweep
+    from research.sweep import objective
 
     chdir_to(monkeypatch, tmp_path, blank_db)
     text = PLAIN.format(name="intr", cache=study_cache, sampler="random", n_trials=3).replace("pruner: {name: none}", "pruner: {name: median}")
     assert "median" in text
     (tmp_path / "intr.yaml").write_text(text)
-    real = sweep._pruning_callback
+    real = objective._pruning_callback
     calls = []
 
-    def interrupting(trial):
-        report = real(trial)
+    def interrupting(trial, target):
+        report = real(trial, target)
 
         def callback(epoch, metrics):
             report(epoch, metrics)
@@ -242,7 +242,7 @@ def test_ctrl_c_during_a_trial_kills_the_parent_and_leaves_no_run_running(tmp_pa
 
         return callback
 
-    monkeypatch.setattr(sweep, "_pruning_callback", interrupting)
+    monkeypatch.setattr(objective, "_pruning_callback", interrupting)
     assert main(["study", "run", "intr.yaml", "--no-progress"]) == 130
     assert calls == [1]
     assert "interrupted" in capsys.readouterr().err

@@ -88,9 +88,7 @@ def test_a_tied_multi_objective_study_reports_and_finalizes_the_front_member(tmp
     assert parent.data.tags["best_trial"] == "1" and float(parent.data.tags["best.temperature"]) == 2.0
     assert parent.data.metrics["best_params"] == 500
     rows = sweep.trials_table(study)
-    from research.cli import format_study_summary
-
-    assert re.search(r"best\s+trial\s+1:", format_study_summary(cfg, rows, 1.0, best_trial=summary["best_trial"]))
+    assert re.search(r"best\s+trial\s+1:", sweep.format_study_summary(cfg, rows, 1.0, best_trial=summary["best_trial"]))
     assert main(["study", "report", "tie", "--out", str(tmp_path / "rep")]) == 0
     best_row = next(line for line in (tmp_path / "rep" / "report.md").read_text().splitlines() if line.startswith("| best"))
     assert best_row.split("|")[2].strip() == "1", best_row

@@ -1,0 +1,146 @@
+"""Where a study lives and how its trials are drawn: storages, samplers, pruners, seeds.
+
+Storage: a journal file (default ``mlruns/optuna/journal.log``, shared by the
+processes of one machine) or a database URL (PostgreSQL for several machines).
+
+Sampler seeds: every process that samples (the single process of ``study
+run``, each of the ``--workers N`` processes, each ``study resume``, each
+machine joining a PostgreSQL study) seeds its sampler with
+``sampler_seed(seed, worker, started)``: the study's ``sampler.seed`` itself
+for worker 0 of a study with no started trial (so a fresh single-process
+study draws as it always did), otherwise a 32-bit seed mixed from
+``(seed, worker, started)`` by numpy's ``SeedSequence``, where ``worker`` is
+the process's index among the workers launched together (0 for a single
+process) and ``started`` the number of trials the study had started (any
+state but WAITING) when the launch began. So a seeded study replays exactly
+when the same commands are run again on a fresh storage, while workers and
+resumes never replay one another's draws. Two machines that join one
+PostgreSQL study at the same trial count get the same seed and draw alike
+(TPE's constant liar separates them only after its random start-up trials):
+start them one after another, or leave such a study unseeded
+(``sampler.seed: null``: every process then draws its own points). The grid
+sampler is the exception: all its processes must shuffle the grid alike,
+because Optuna's GridSampler maps trial number n to the n-th point of its
+seeded shuffle (so trial numbers, unique in the storage, give distinct points).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import StudyConfig
+from ..tracking import DEFAULT_DIR
+
+DEFAULT_JOURNAL = DEFAULT_DIR / "optuna" / "journal.log"
+# Study user attributes: the config it was created with (and its hash, which a joiner must
+# match), and where its MLflow side lives.
+ATTR_CONFIG = "config_yaml"
+ATTR_CONFIG_HASH = "config_hash"
+ATTR_PARENT = "mlflow_parent_run_id"
+ATTR_EXPERIMENT = "mlflow_experiment"
+ATTR_TRACKING_URI = "mlflow_tracking_uri"
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bar says what matters
+
+
+class StudyError(RuntimeError):
+    """A study cannot be run as asked (exists with another config, not found, ...)."""
+
+
+def storage_url(explicit: str | None = None) -> str:
+    """The study storage: an explicit URL or journal path, else the journal file under ./mlruns."""
+    return explicit or str(DEFAULT_JOURNAL)
+
+
+def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorage:
+    """PostgreSQL/MySQL/SQLite URLs go to RDBStorage (with heartbeats, so a dead
+    worker's trial is failed rather than left RUNNING); anything else is a journal file.
+    Raises StudyError when ``create`` is false and the journal file does not exist."""
+    if "://" in url:
+        with warnings.catch_warnings():  # heartbeats are marked experimental, and are what we want
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    path = Path(url)
+    if not create and not path.exists():
+        raise StudyError(f"no study storage at {path} (run a study first, or pass --storage)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def check_storage(url: str) -> None:
+    """Fail early, in one line (StudyError), when the storage cannot be opened."""
+    try:
+        open_storage(url)
+    except Exception as e:  # driver errors differ by backend; the first line says what is wrong
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StudyError(f"storage {url}: cannot be opened: {first}") from None
+
+
+def sampler_seed(seed: int | None, *, worker: int = 0, started: int = 0) -> int | None:
+    """The seed of one process's sampler (see the module docstring for the rule).
+
+    seed: the study's ``sampler.seed`` (None: unseeded, returns None).
+    worker: the process's index among the workers launched together, >= 0.
+    started: trials of the study that had left WAITING when the launch began, >= 0.
+    Returns ``seed`` for (worker 0, started 0), else an int in [0, 2**32).
+    Raises ValueError on a negative worker or started.
+    """
+    if worker < 0 or started < 0:
+        raise ValueError(f"worker and started must be >= 0, got {worker}, {started}")
+    if seed is None:
+        return None
+    if worker == 0 and started == 0:
+        return seed
+    import numpy as np
+
+    # SeedSequence hashes the whole tuple, so nearby inputs give unrelated streams.
+    return int(np.random.SeedSequence([seed % 2**32, worker, started]).generate_state(1, dtype=np.uint32)[0])
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Trials that have left the WAITING queue (running or finished): the ``started`` of sampler_seed."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that are COMPLETE, PRUNED or FAIL."""
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def make_sampler(cfg: StudyConfig, *, worker: int = 0, started: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler for one process; ``worker`` and ``started`` as in sampler_seed."""
+    s = cfg.sampler
+    if s.name == "grid":
+        # Every process shuffles alike: GridSampler gives trial n the n-th point of its shuffle.
+        return optuna.samplers.GridSampler(s.grid, seed=s.seed)
+    seed = sampler_seed(s.seed, worker=worker, started=started)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    # constant_liar: other processes' RUNNING trials count as bad, so concurrent workers (or
+    # machines joining a PostgreSQL study) steer away from one another's points; alone, it
+    # changes nothing (the current trial is left out).
+    if not cfg.search_encoder().conditional:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    # A conditional (define-by-run) space: group=True models each set of parameters that
+    # occur together jointly, instead of the intersection of all trials' spaces (which
+    # would leave every conditional parameter to independent sampling).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    """The study's pruner; epochs are its steps (``n_warmup_steps`` epochs before a trial may be pruned)."""
+    p = cfg.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps), max_resource=cfg.train.epochs)
+    return optuna.pruners.NopPruner()
