@@ -48,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from .config import Choice, ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, config_hash, parse
-from .pipeline import Teacher, compress_run, load_run_data, obtain_teachers, train_student
+from .pipeline import RunContext, Teacher, compress_run, load_run_data, obtain_teachers, train_student
 from .distill import TeacherLogitCache, normalize_teacher_weights
 from .tracking import DEFAULT_DIR, Tracker
 
@@ -237,34 +237,17 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
         values = suggest(trial, cfg)
         tcfg = trial_config(cfg, values)
         callbacks = [] if ctx.multi_objective or cfg.pruner.name == "none" else [_pruning_callback(trial)]
-        if tcfg.compress is not None:  # a compression baseline's knobs are searched
-            result = compress_run(
-                tcfg, ctx.data, ctx.tracker, seed=cfg.seed, teachers=ctx.teachers, role="trial", run_name=f"trial-{trial.number:03d}",
-                parent_run_id=ctx.parent_run_id, extra_tags={"study": ctx.study.study_name, "trial_number": trial.number,
-                                                             "enqueued": bool(trial.user_attrs.get("enqueued"))},
-                extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
-                progress=ctx.progress, cache=ctx.cache, on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
-            )
-            return _objective_values(cfg, result.metrics)
-        result = train_student(
-            tcfg,
-            ctx.data,
-            ctx.tracker,
-            seed=cfg.seed,
-            teachers=ctx.teachers,
-            role="trial",
-            run_name=f"trial-{trial.number:03d}",
-            parent_run_id=ctx.parent_run_id,
+        run_ctx = RunContext(
+            ctx.tracker, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
             extra_tags={"study": ctx.study.study_name, "trial_number": trial.number, "enqueued": bool(trial.user_attrs.get("enqueued"))},
-            extra_params={f"trial.{k}": v for k, v in trial.params.items()},
-            callbacks=callbacks,
-            killed_on=(optuna.TrialPruned,),
-            log_model=False,
-            log_weights=True,  # the best few become MLflow models when the study ends
-            progress=ctx.progress,
-            cache=ctx.cache,
-            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
+            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id), progress=ctx.progress, cache=ctx.cache,
         )
+        if tcfg.compress is not None:  # a compression baseline's knobs are searched
+            result = compress_run(tcfg, ctx.data, run_ctx, seed=cfg.seed, teachers=ctx.teachers)
+            return _objective_values(cfg, result.metrics)
+        result = train_student(tcfg, ctx.data, run_ctx, seed=cfg.seed, teachers=ctx.teachers, callbacks=callbacks,
+                               log_model=False, log_weights=True)  # the best few become MLflow models when the study ends
         for k in ("tracking_time_s", "train_time_s", "test_accuracy"):
             trial.set_user_attr(k, result.metrics.get(k))
         return _objective_values(cfg, result.metrics)
@@ -605,10 +588,10 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
         tcfg = trial_config(cfg, values)
         accs = []
         for seed in seeds:
-            r = train_student(tcfg, data, tracker, seed=seed, teachers=teachers, role=f"final_{label}", run_name=f"final-{label}-seed{seed}",
-                              parent_run_id=parent_id, full_train=True, progress=progress, cache=cache,
-                              extra_tags={"study": study.study_name, "from_trial": trial.number},
-                              extra_params={f"trial.{k}": v for k, v in trial.params.items()})
+            run_ctx = RunContext(tracker, role=f"final_{label}", run_name=f"final-{label}-seed{seed}", parent_run_id=parent_id,
+                                 extra_tags={"study": study.study_name, "from_trial": trial.number},
+                                 extra_params={f"trial.{k}": v for k, v in trial.params.items()}, progress=progress, cache=cache)
+            r = train_student(tcfg, data, run_ctx, seed=seed, teachers=teachers, full_train=True)
             accs.append(r.metrics["test_accuracy"])
         stats = {"test_accuracy_mean": statistics.fmean(accs), "test_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                  "seeds": float(len(accs)), "trial": float(trial.number)}
