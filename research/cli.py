@@ -123,6 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # A model that does not fit the data (classes, a tuple output without teachers.N.output) is
+        # bad input, found by the pipeline before anything trains. Looked up, not imported: the
+        # module (torch) is loaded only by commands that build models.
+        outputs = sys.modules.get("research.models.outputs")
+        if outputs is not None and isinstance(e, outputs.ModelOutputError):
+            return _fail(str(e))
+        raise
 
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:

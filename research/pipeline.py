@@ -18,6 +18,7 @@ from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
 from .evaluate import deployment_metrics
 from .models import build_model
+from .models.outputs import LogitsOf, check_classes, needs_adapter
 from .stats import mean_std
 from .tasks import Task, build_task
 from .tracking import RunHandle, Tracker
@@ -137,27 +138,84 @@ def obtain_teachers(
     on_trained: Callable[[RunResult], None] | None = None,
 ) -> list[Teacher]:
     """Each teacher once: from its model_uri, reused from a finished run with the
-    same teacher key in this experiment, or trained now (and logged)."""
+    same teacher key in this experiment, or trained now (and logged).
+
+    Before anything trains, the student (built once, aside) and every ``model_uri`` teacher
+    are called on a batch of the task's example input: a teacher returning a tuple or dict is
+    read through its ``output`` setting, a half-precision one gets its input cast and its
+    logits upcast (``research.models.outputs.LogitsOf``), and outputs whose class dimension is
+    not ``data.num_classes`` raise :class:`~research.models.outputs.ModelOutputError` (one line,
+    the CLI's exit 2) while nothing is written yet. Teachers trained or reused here are checked too.
+    """
+    task = build_task(cfg.task)
+    check_student(cfg, data, task)
+    from_uri: dict[int, Teacher] = {}
+    for i, tc in enumerate(cfg.teachers):  # first: a wrong model_uri teacher must not wait for other teachers' training
+        if tc.model_uri is not None:
+            model = adapt_teacher(tracker.load_model(tc.model_uri), tc, i, data, task)
+            run_id = tc.model_uri.split("/")[1] if tc.model_uri.startswith("runs:/") else None
+            from_uri[i] = Teacher(model, run_id, reused=True)
     teachers: list[Teacher] = []
     for i, tc in enumerate(cfg.teachers):
-        if tc.model_uri is not None:
-            model = tracker.load_model(tc.model_uri)
-            run_id = tc.model_uri.split("/")[1] if tc.model_uri.startswith("runs:/") else None
-            teachers.append(Teacher(model, run_id, reused=True))
+        if i in from_uri:
+            teachers.append(from_uri[i])
             continue
         key = teacher_key(tc, cfg.data)
         found = tracker.find_runs(cfg.tracking.experiment, tags={"teacher_key": key, "method": "teacher"})
         if found:
             run_id = found[0].info.run_id
-            teachers.append(Teacher(tracker.load_model(f"runs:/{run_id}/model"), run_id, key, reused=True))
+            model = adapt_teacher(tracker.load_model(f"runs:/{run_id}/model"), tc, i, data, task)
+            teachers.append(Teacher(model, run_id, key, reused=True))
             continue
         teacher, result = train_teacher(tc, data, cfg, tracker, index=i, config_path=config_path, parent_run_id=parent_run_id, progress=progress)
         if on_trained is not None:
             on_trained(result)
+        teacher.model = adapt_teacher(teacher.model, tc, i, data, task)
         teachers.append(teacher)
     for t in teachers:
         t.model.eval()
     return teachers
+
+
+def _example_batch(data: DataBundle, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    # Two rows: a batch dimension that is not 1, so a model squeezing it shows up.
+    x = task.example_input(data.input_shape, 2)
+    return x, data.train.y[:2]
+
+
+def _check_classes(model: nn.Module, data: DataBundle, task: Task, *, what: str) -> None:
+    x, y = _example_batch(data, task)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout-free anyway; the run's RNG stays untouched
+            rows, _ = task.loss_rows(task.forward(model, x, y), y)
+    finally:
+        model.train(was)
+    check_classes(rows, data.num_classes, what=what)
+
+
+def adapt_teacher(model: nn.Module, tc: TeacherConfig, index: int, data: DataBundle, task: Task) -> nn.Module:
+    """``model`` as a float32-logits module (wrapped in ``LogitsOf`` when its output is a tuple/dict,
+    ``tc.output`` is set or its weights are half precision), checked against the data's classes.
+    Raises ModelOutputError naming ``teachers.<index>``."""
+    source = tc.model_uri or (tc.model.name if tc.model else "?")
+    what, how = f"teachers.{index} ({source})", f"teachers.{index}.output"
+    x, _ = _example_batch(data, task)
+    if needs_adapter(model, tc.output, x):
+        model = LogitsOf(model, tc.output, what=what, how=how)
+    _check_classes(model, data, task, what=what)
+    return model
+
+
+def check_student(cfg: RunConfig, data: DataBundle, task: Task) -> None:
+    """The student of ``cfg`` (when there is one) built aside and called once: its output must
+    have ``data.num_classes`` classes. Raises ModelOutputError (or the factory's ValueError)."""
+    if cfg.student is None:
+        return
+    with torch.random.fork_rng(devices=[]):  # the run seeds and builds its own student later
+        student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
+    _check_classes(student, data, task, what=f"student ({cfg.student.name})")
 
 
 def distillation_task(

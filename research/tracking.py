@@ -121,16 +121,27 @@ class RunHandle:
     def log_model(self, model: Any, artifact_path: str = "model", *, input_example: Any = None) -> None:
         """The whole module as an MLflow PyTorch model (pickle format: pruned or quantized
         modules reload as they are, which a state_dict of the original class cannot do)."""
+        import copy
+
+        import torch
+
+        from .models.outputs import model_device_dtype, to_model_input
+
+        if model_device_dtype(model)[0].type != "cpu":
+            # Logged from the CPU: a model pickled on a GPU loads only where that GPU exists, and
+            # the training loop leaves it on the GPU. A copy, so the caller's model stays put.
+            model = copy.deepcopy(model).cpu()
         signature = None
         if input_example is not None:
-            import torch
-
             with torch.no_grad():
                 was = model.training
                 model.eval()
-                out = model(input_example)
-                model.train(was)
-            signature = mlflow.models.infer_signature(input_example.cpu().numpy(), out.cpu().numpy())
+                try:
+                    out = model(to_model_input(input_example, model))
+                finally:
+                    model.train(was)
+            if isinstance(out, torch.Tensor):  # a tuple/dict output has no one-tensor signature
+                signature = mlflow.models.infer_signature(input_example.cpu().numpy(), out.detach().float().cpu().numpy())
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / artifact_path
             mlflow.pytorch.save_model(
@@ -157,7 +168,7 @@ class RunHandle:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / artifact_file
-            torch.save(model.state_dict(), path)
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)  # loadable without the GPU
             self.client.log_artifact(self.run_id, str(path))
 
 
@@ -218,7 +229,7 @@ class Tracker:
 
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run_id, artifact_file, tmp)
-            return torch.load(local, weights_only=True)
+            return torch.load(local, weights_only=True, map_location="cpu")
 
     @contextlib.contextmanager
     def run(

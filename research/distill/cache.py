@@ -66,7 +66,7 @@ class TeacherLogitCache:
         path = self.directory / f"{key}.pt" if self.directory is not None else None
         if path is not None and path.exists():
             self.hits += 1
-            value = torch.load(path, weights_only=True)
+            value = torch.load(path, weights_only=True, map_location="cpu")
         else:
             self.misses += 1
             if task is None:
