@@ -267,3 +267,32 @@ def test_tuple_dict_and_half_precision_teachers_distil(work, make, output):
     assert run.info.status == "FINISHED"
     m = run.data.metrics
     assert all(math.isfinite(m[k]) for k in ("train_loss", "test_accuracy", "test_kl_to_teacher", "test_agreement"))
+
+
+# ---------------------------------------------------------------- structured pruning bound
+
+
+def test_structured_pruning_of_a_model_with_a_single_channel_layer():
+    from research.compress.prune import max_channel_ratio, structured_prune
+
+    torch.manual_seed(0)
+    # a bottleneck of one unit: it cannot lose its channel, the other hidden layers can
+    model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 1), nn.ReLU(), nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 10))
+    assert sum(p.numel() for p in model.parameters()) == 1739  # 1312 + 33 + 64 + 330
+    pruned, info = structured_prune(model, 0.5, torch.randn(8, 40), 10)
+    # k channels kept in each 32-wide layer: 40k+k + k+1 + k+k + 10k+10 = 54k + 11 <= 869.5  ->  k = 15
+    widths = [m.out_features for m in pruned if isinstance(m, nn.Linear)]
+    assert widths == [15, 1, 15, 10]
+    assert sum(p.numel() for p in pruned.parameters()) == 54 * 15 + 11
+    assert pruned(torch.randn(3, 40)).shape == (3, 10)
+    # the bound keeps one channel of the narrowest layer despite floating point (3 * (1 - 2/3) < 1)
+    for w in (2, 3, 7, 10, 49):
+        assert int(w * (1 - max_channel_ratio([w, 64]))) == 1
+
+
+def test_structured_pruning_refuses_with_a_true_reason_when_nothing_can_shrink():
+    from research.compress.prune import structured_prune
+
+    model = nn.Sequential(nn.Linear(40, 1), nn.ReLU(), nn.Linear(1, 10))
+    with pytest.raises(ValueError, match="no layer that can lose channels"):
+        structured_prune(model, 0.5, torch.randn(4, 40), 10)
