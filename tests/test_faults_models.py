@@ -296,3 +296,65 @@ def test_structured_pruning_refuses_with_a_true_reason_when_nothing_can_shrink()
     model = nn.Sequential(nn.Linear(40, 1), nn.ReLU(), nn.Linear(1, 10))
     with pytest.raises(ValueError, match="no layer that can lose channels"):
         structured_prune(model, 0.5, torch.randn(4, 40), 10)
+
+
+# ---------------------------------------------------------------- torch static int8 folds BatchNorm first
+
+
+def _conv_bn_relu(conv, bn, shape, flat):
+    torch.manual_seed(0)
+    m = nn.Sequential(conv(1, 8, 3, padding=1), bn(8), nn.ReLU(), conv(8, 8, 3, padding=1), bn(8), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(flat, 10))
+    for b in (m[1], m[4]):  # statistics as after training on data of another scale: BN really rescales
+        b.running_mean.uniform_(-2, 2)
+        b.running_var.uniform_(0.05, 4)
+        b.weight.data.uniform_(0.5, 2)
+        b.bias.data.uniform_(-1, 1)
+    return m.eval(), torch.randn(256, 1, *shape)
+
+
+def _relative_error(model, x):
+    from research.compress.quantize import quantize_int8
+
+    q = quantize_int8(model, input_shape=tuple(x.shape[1:]), calibration=x, backend="torch", mode="static")
+    with torch.no_grad():
+        f = model(x)
+        return float((q.model(x) - f).norm() / f.norm()), q.model
+
+
+def test_torch_static_int8_fuses_batchnorm_and_relu_into_the_convolution(monkeypatch):
+    import research.compress.quantize as quantize
+
+    model, x = _conv_bn_relu(nn.Conv2d, nn.BatchNorm2d, (8, 8), 8 * 64)
+    fused_err, q = _relative_error(model, x)
+    kinds = {type(m).__name__ for m in q.modules()}
+    assert "ConvReLU2d" in kinds and not any("BatchNorm" in k for k in kinds), kinds
+    assert all(isinstance(m, nn.BatchNorm2d) for m in (model[1], model[4]))  # the caller's model is left as it was
+    monkeypatch.setattr(quantize, "fuse_conv_bn_relu", lambda m: m)  # what the backend did before
+    unfused_err, _ = _relative_error(model, x)
+    # measured here: 1.9% fused against 5.2% unfused (the MNIST-1D model: 5% against 12%)
+    assert fused_err < 0.04 and fused_err < 0.5 * unfused_err, (fused_err, unfused_err)
+
+
+def test_torch_static_int8_of_conv1d_batchnorm1d_runs():
+    # unfused, torch has no quantized BatchNorm1d kernel: this was an error before the fusion
+    model, x = _conv_bn_relu(nn.Conv1d, nn.BatchNorm1d, (40,), 8 * 40)
+    err, _ = _relative_error(model, x)
+    assert err < 0.04
+
+
+def test_a_relu_shared_by_two_places_is_not_fused():
+    from research.compress.quantize import conv_bn_relu_groups
+
+    class Block(nn.Module):  # the residual pattern: one ReLU module, called twice
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + x)
+
+    assert conv_bn_relu_groups(Block()) == [["conv1", "bn1"], ["conv2", "bn2"]]
