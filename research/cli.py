@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from .stats import format_mean_std
 
 EXIT_BAD_INPUT = 2
+EXIT_STORE = 1  # the tracking store could not be written (full disk, read-only)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -130,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         outputs = sys.modules.get("research.models.outputs")
         if outputs is not None and isinstance(e, outputs.ModelOutputError):
             return _fail(str(e))
+        tracking = sys.modules.get("research.tracking")
+        if tracking is not None:  # a full disk or a read-only store: not bad input, and no traceback either
+            if isinstance(e, tracking.TrackingWriteError):
+                return _fail(str(e), EXIT_STORE)
+            reason = tracking.write_error_reason(e)  # e.g. the study journal, the data cache
+            if reason is not None:
+                return _fail(f"cannot write: {reason} (free disk space or make the folder writable)", EXIT_STORE)
         raise
 
 
