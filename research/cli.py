@@ -349,6 +349,9 @@ def _study_run(args: argparse.Namespace) -> int:
     storage = sweep.storage_url(args.storage or cfg.storage)
     sweep.check_storage(storage)
     tracker = Tracker(cfg.tracking.uri)
+    from .pipeline import check_models, load_run_data
+
+    check_models(cfg, load_run_data(cfg, progress=False), tracker)  # models that do not fit the data: before the study exists
     study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
                               timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)

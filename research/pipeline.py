@@ -177,6 +177,17 @@ def obtain_teachers(
     return teachers
 
 
+def check_models(cfg: RunConfig, data: DataBundle, tracker: Tracker) -> None:
+    """What :func:`obtain_teachers` checks before anything trains (the student, and every
+    ``model_uri`` teacher loaded and adapted), for callers that write before they obtain the
+    teachers, such as a study, which creates its parent run first. Raises ModelOutputError."""
+    task = build_task(cfg.task)
+    check_student(cfg, data, task)
+    for i, tc in enumerate(cfg.teachers):
+        if tc.model_uri is not None:
+            adapt_teacher(tracker.load_model(tc.model_uri), tc, i, data, task)
+
+
 def _example_batch(data: DataBundle, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     # Two rows: a batch dimension that is not 1, so a model squeezing it shows up.
     x = task.example_input(data.input_shape, 2)

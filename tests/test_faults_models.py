@@ -9,6 +9,7 @@ import math
 import shutil
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -19,6 +20,7 @@ from research.distill import TeacherLogitCache, kd_loss
 from research.evaluate import count_flops, measure_latency_ms, predict
 from research.models import build_model
 from research.models.outputs import LogitsOf, ModelOutputError, select_output
+from research.sweep.storage import open_storage
 from research.tracking import Tracker
 
 
@@ -358,3 +360,23 @@ def test_a_relu_shared_by_two_places_is_not_fused():
             return self.relu(self.bn2(self.conv2(out)) + x)
 
     assert conv_bn_relu_groups(Block()) == [["conv1", "bn1"], ["conv2", "bn2"]]
+
+
+def test_a_study_with_a_teacher_that_does_not_fit_writes_nothing(work, capsys):
+    uri = _log_teacher(work, build_model("mlp", input_shape=(40,), num_classes=5, widths=[8]))
+    (work / "s.yaml").write_text(CONFIG.replace("TEACHER", uri).replace("name: fm", "name: fm_study")
+                                 + "search: {temperature: {low: 1.0, high: 4.0}}\nenqueue: []\nn_trials: 1\n")
+    capsys.readouterr()
+    assert main(["study", "run", "s.yaml", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "outputs (2, 5) for a batch, but the data has 10 classes" in err, err
+    assert _fm_runs(work) == []  # no parent run
+    journal = work / "mlruns" / "optuna" / "journal.log"  # opened by the storage check, but no study in it
+    assert not journal.exists() or optuna.get_all_study_summaries(open_storage(str(journal)), include_best_trial=False) == []
+
+
+def test_a_student_returning_a_tuple_is_one_clear_error():
+    from research.distill import Supervised
+
+    with pytest.raises(ModelOutputError, match="returns a tuple of 2, not a logits tensor"):
+        Supervised(TupleNet()).training_step(torch.randn(4, 40), torch.tensor([0, 1, 2, 3]))
