@@ -380,3 +380,18 @@ def test_a_student_returning_a_tuple_is_one_clear_error():
 
     with pytest.raises(ModelOutputError, match="returns a tuple of 2, not a logits tensor"):
         Supervised(TupleNet()).training_step(torch.randn(4, 40), torch.tensor([0, 1, 2, 3]))
+
+
+def test_onnx_export_of_half_and_tuple_models():
+    from research.compress.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    half = build_model("mlp", input_shape=(40,), num_classes=10, widths=[8]).half()
+    from research.compress.onnx_export import max_abs_difference, onnx_model
+
+    assert export_onnx(half, (40,)).model_bytes  # float32 in, float32 logits out
+    ort, _ = onnx_model(half, (40,))
+    assert max_abs_difference(ort, half, torch.randn(16, 40)) < 1e-2  # the same function, run by ONNX Runtime
+    with pytest.raises(ModelOutputError, match="returns a tuple of 2"):
+        export_onnx(TupleNet(), (40,))
+    assert export_onnx(LogitsOf(TupleNet(), 0), (40,)).model_bytes
