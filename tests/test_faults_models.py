@@ -281,7 +281,7 @@ def test_structured_pruning_of_a_model_with_a_single_channel_layer():
     # a bottleneck of one unit: it cannot lose its channel, the other hidden layers can
     model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 1), nn.ReLU(), nn.Linear(1, 32), nn.ReLU(), nn.Linear(32, 10))
     assert sum(p.numel() for p in model.parameters()) == 1739  # 1312 + 33 + 64 + 330
-    pruned, info = structured_prune(model, 0.5, torch.randn(8, 40), 10)
+    pruned, _ = structured_prune(model, 0.5, torch.randn(8, 40), 10)
     # k channels kept in each 32-wide layer: 40k+k + k+1 + k+k + 10k+10 = 54k + 11 <= 869.5  ->  k = 15
     widths = [m.out_features for m in pruned if isinstance(m, nn.Linear)]
     assert widths == [15, 1, 15, 10]
@@ -325,7 +325,7 @@ def _relative_error(model, x):
 
 
 def test_torch_static_int8_fuses_batchnorm_and_relu_into_the_convolution(monkeypatch):
-    import research.compress.quantize as quantize
+    from research.compress import quantize
 
     model, x = _conv_bn_relu(nn.Conv2d, nn.BatchNorm2d, (8, 8), 8 * 64)
     fused_err, q = _relative_error(model, x)

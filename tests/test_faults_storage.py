@@ -77,14 +77,14 @@ def test_read_only_database_is_one_line_and_the_database_is_unchanged(work, caps
     with tracker.run("st", "before") as run:
         run.log_metrics({"a": 1.0})
     read_only = f"sqlite:///file:{db}?mode=ro&uri=true"  # SQLite refuses every write, also as root
-    with pytest.raises(TrackingWriteError, match=r"cannot write to the tracking store .*: SQLite: readonly database"):
-        with Tracker(read_only).run("st", "after"):
-            pass
+    with pytest.raises(TrackingWriteError, match=r"cannot write to the tracking store .*: SQLite: readonly database"), \
+            Tracker(read_only).run("st", "after"):
+        pass
     capsys.readouterr()
     assert main(["distill", "c.yaml", "--no-progress", "--set", f"tracking.uri={read_only}"]) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("research:")]
-    assert err == [f"research: error: cannot write to the tracking store {read_only}: SQLite: readonly database "
-                   "(free disk space or make it writable, or give another tracking.uri)"]
+    assert err == [(f"research: error: cannot write to the tracking store {read_only}: SQLite: readonly database "
+                    "(free disk space or make it writable, or give another tracking.uri)")]
     (only,) = _runs(work)
     assert only.info.run_name == "before" and only.info.status == "FINISHED" and only.data.metrics == {"a": 1.0}
 

@@ -56,9 +56,7 @@ def select_output(out: Any, output: int | str | None = None, *, what: str = "the
         raise ModelOutputError(f"{what} returns {_describe(out)}, not a logits tensor; set {how}: {hint} "
                                "(an index for a tuple, a key for a dict) to say which part holds the logits")
     try:
-        if isinstance(output, int) and isinstance(out, (tuple, list)):
-            picked = out[output]
-        elif isinstance(out, Mapping):
+        if (isinstance(output, int) and isinstance(out, (tuple, list))) or isinstance(out, Mapping):
             picked = out[output]
         elif isinstance(output, str) and hasattr(out, output):
             picked = getattr(out, output)
