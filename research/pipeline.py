@@ -18,7 +18,7 @@ from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
 from .evaluate import deployment_metrics
 from .models import build_model
-from .models.outputs import LogitsOf, check_classes, needs_adapter
+from .models.outputs import LogitsOf, ModelOutputError, check_classes, needs_adapter
 from .stats import mean_std
 from .tasks import Task, build_task
 from .tracking import RunHandle, Tracker
@@ -152,7 +152,7 @@ def obtain_teachers(
     from_uri: dict[int, Teacher] = {}
     for i, tc in enumerate(cfg.teachers):  # first: a wrong model_uri teacher must not wait for other teachers' training
         if tc.model_uri is not None:
-            model = adapt_teacher(tracker.load_model(tc.model_uri), tc, i, data, task)
+            model = adapt_teacher(_load_model_uri(tracker, tc, i), tc, i, data, task)
             run_id = tc.model_uri.split("/")[1] if tc.model_uri.startswith("runs:/") else None
             from_uri[i] = Teacher(model, run_id, reused=True)
     teachers: list[Teacher] = []
@@ -185,7 +185,20 @@ def check_models(cfg: RunConfig, data: DataBundle, tracker: Tracker) -> None:
     check_student(cfg, data, task)
     for i, tc in enumerate(cfg.teachers):
         if tc.model_uri is not None:
-            adapt_teacher(tracker.load_model(tc.model_uri), tc, i, data, task)
+            adapt_teacher(_load_model_uri(tracker, tc, i), tc, i, data, task)
+
+
+def _load_model_uri(tracker: Tracker, tc: TeacherConfig, index: int) -> nn.Module:
+    """The teacher at ``tc.model_uri``; a URI that does not load (no such run, no model there, not a
+    PyTorch model) is bad input: ModelOutputError in one line naming ``teachers.<index>.model_uri``."""
+    try:
+        model = tracker.load_model(tc.model_uri)
+    except Exception as e:  # MLflow's errors differ by store and cause; the first line says which
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ModelOutputError(f"teachers.{index}.model_uri: cannot load {tc.model_uri}: {first}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelOutputError(f"teachers.{index}.model_uri: {tc.model_uri} is a {type(model).__name__}, not a PyTorch module")
+    return model
 
 
 def _example_batch(data: DataBundle, task: Task) -> tuple[torch.Tensor, torch.Tensor]:

@@ -395,3 +395,13 @@ def test_onnx_export_of_half_and_tuple_models():
     with pytest.raises(ModelOutputError, match="returns a tuple of 2"):
         export_onnx(TupleNet(), (40,))
     assert export_onnx(LogitsOf(TupleNet(), 0), (40,)).model_bytes
+
+
+def test_a_model_uri_that_does_not_load_is_one_line(work, capsys):
+    _log_teacher(work, build_model("mlp", input_shape=(40,), num_classes=10, widths=[8]))  # the store exists
+    capsys.readouterr()
+    assert _distill(work, "runs:/0123456789abcdef0123456789abcdef/model") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([e for e in err if e.startswith("research:")]) == 1, err
+    assert err[-1].startswith("research: error: teachers.0.model_uri: cannot load runs:/0123456789abcdef0123456789abcdef/model: ")
+    assert _fm_runs(work) == []
