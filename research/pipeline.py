@@ -18,7 +18,7 @@ from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
 from .evaluate import deployment_metrics
 from .models import build_model
-from .models.outputs import LogitsOf, ModelOutputError, check_classes, needs_adapter
+from .models.outputs import LogitsOf, ModelOutputError, check_classes, model_device_dtype
 from .stats import mean_std
 from .tasks import Task, build_task
 from .tracking import RunHandle, Tracker
@@ -225,11 +225,16 @@ def adapt_teacher(model: nn.Module, tc: TeacherConfig, index: int, data: DataBun
     Raises ModelOutputError naming ``teachers.<index>``."""
     source = tc.model_uri or (tc.model.name if tc.model else "?")
     what, how = f"teachers.{index} ({source})", f"teachers.{index}.output"
-    x, _ = _example_batch(data, task)
-    if needs_adapter(model, tc.output, x):
-        model = LogitsOf(model, tc.output, what=what, how=how)
-    _check_classes(model, data, task, what=what)
-    return model
+    wrapped = LogitsOf(model, tc.output, what=what, how=how)
+    raw: list = []
+    hook = model.register_forward_hook(lambda module, args, out: raw.append(out))
+    try:  # one forward of the teacher: checks the output and shows whether the wrapper is needed
+        _check_classes(wrapped, data, task, what=what)
+    finally:
+        hook.remove()
+    plain = (tc.output is None and isinstance(raw[0], torch.Tensor) and raw[0].dtype == torch.float32
+             and model_device_dtype(model)[1] in (None, torch.float32))
+    return model if plain else wrapped
 
 
 def check_student(cfg: RunConfig, data: DataBundle, task: Task) -> None:
