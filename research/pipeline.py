@@ -208,11 +208,11 @@ def _example_batch(data: DataBundle, task: Task) -> tuple[torch.Tensor, torch.Te
 
 
 def _check_classes(model: nn.Module, data: DataBundle, task: Task, *, what: str) -> None:
-    x, y = _example_batch(data, task)
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # dropout-free anyway; the run's RNG stays untouched
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the example's noise must not move the run's RNG
+            x, y = _example_batch(data, task)
             rows, _ = task.loss_rows(task.forward(model, x, y), y)
     finally:
         model.train(was)

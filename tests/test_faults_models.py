@@ -405,3 +405,18 @@ def test_a_model_uri_that_does_not_load_is_one_line(work, capsys):
     assert len([e for e in err if e.startswith("research:")]) == 1, err
     assert err[-1].startswith("research: error: teachers.0.model_uri: cannot load runs:/0123456789abcdef0123456789abcdef/model: ")
     assert _fm_runs(work) == []
+
+
+def test_the_checks_before_training_leave_the_global_rng_alone(work):
+    from research.config import load_run_config
+    from research.pipeline import check_models, load_run_data
+
+    uri = _log_teacher(work, build_model("mlp", input_shape=(40,), num_classes=10, widths=[8]))
+    (work / "c.yaml").write_text(CONFIG.replace("TEACHER", uri))
+    cfg = load_run_config("c.yaml", [])
+    data = load_run_data(cfg, progress=False)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check_models(cfg, data, Tracker(f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"))
+    assert torch.equal(torch.rand(3), expected)  # seeded runs draw the same numbers with or without the checks
