@@ -15,6 +15,7 @@ from typing import Any, Sequence
 from .stats import format_mean_std
 
 EXIT_BAD_INPUT = 2
+EXIT_STORE = 1  # the tracking store could not be written (full disk, read-only)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -123,6 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        # A model that does not fit the data (classes, a tuple output without teachers.N.output) is
+        # bad input, found by the pipeline before anything trains. Looked up, not imported: the
+        # module (torch) is loaded only by commands that build models.
+        outputs = sys.modules.get("research.models.outputs")
+        if outputs is not None and isinstance(e, outputs.ModelOutputError):
+            return _fail(str(e))
+        tracking = sys.modules.get("research.tracking")
+        if tracking is not None:  # a full disk or a read-only store: not bad input, and no traceback either
+            if isinstance(e, tracking.TrackingWriteError):
+                return _fail(str(e), EXIT_STORE)
+            reason = tracking.write_error_reason(e)  # e.g. the study journal, the data cache
+            if reason is not None:
+                return _fail(f"cannot write: {reason} (free disk space or make the folder writable)", EXIT_STORE)
+        raise
 
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -333,6 +349,9 @@ def _study_run(args: argparse.Namespace) -> int:
     storage = sweep.storage_url(args.storage or cfg.storage)
     sweep.check_storage(storage)
     tracker = Tracker(cfg.tracking.uri)
+    from .pipeline import check_models, load_run_data
+
+    check_models(cfg, load_run_data(cfg, progress=False), tracker)  # models that do not fit the data: before the study exists
     study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
                               timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)

@@ -16,16 +16,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models.outputs import select_output, to_model_input
+
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = 1024, device: torch.device | str | None = None) -> torch.Tensor:
-    """Logits for all rows of ``x`` in eval mode, on the CPU (the model's mode is restored)."""
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    """Logits float32 [N, ...] for all rows of ``x`` in eval mode, returned on the CPU (the model's mode is restored).
+
+    Each batch goes to the model's own device, wherever ``x`` lies (``device`` is ignored) and, when
+    floating, to the model's floating dtype (a float16 model on float32 data). Raises
+    :class:`~research.models.outputs.ModelOutputError` when the model returns a tuple or dict
+    (wrap it in ``research.models.outputs.LogitsOf`` with the output to read).
+    """
+    del device  # kept for callers; a batch must be where the model is, so the model's device decides
     was_training = model.training
     model.eval()
     try:
-        out = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+        out = [select_output(model(to_model_input(x[i : i + batch_size], model)), what=f"the model {type(model).__name__}",
+                             how="teachers.<i>.output").float().cpu()
+               for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
@@ -109,7 +118,7 @@ def measure_latency_ms(model: nn.Module, input_shape: Sequence[int], *, batch_si
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        x = example(batch_size) if example is not None else torch.randn(batch_size, *input_shape)
+        x = to_model_input(example(batch_size) if example is not None else torch.randn(batch_size, *input_shape), model)
         for _ in range(warmup):
             model(x)
         times = []
@@ -131,7 +140,7 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], *, example: Exampl
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example(1) if example is not None else torch.zeros(1, *input_shape))
+            model(to_model_input(example(1) if example is not None else torch.zeros(1, *input_shape), model))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

@@ -17,6 +17,7 @@ from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
 from .evaluate import deployment_metrics
 from .models import build_model
+from .models.outputs import LogitsOf, ModelOutputError, check_classes, model_device_dtype
 from .runs import RunContext, shared_tags, tracked_run
 from .stats import mean_std
 from .tasks import Task, build_task
@@ -131,28 +132,114 @@ def obtain_teachers(
     on_trained: Callable[[RunResult], None] | None = None,
 ) -> list[Teacher]:
     """Each teacher once: from its model_uri, reused from a finished run with the
-    same teacher key in this experiment, or trained now (and logged)."""
+    same teacher key in this experiment, or trained now (and logged).
+
+    Before anything trains, the student (built once, aside) and every ``model_uri`` teacher
+    are called on a batch of the task's example input: a teacher returning a tuple or dict is
+    read through its ``output`` setting, a half-precision one gets its input cast and its
+    logits upcast (``research.models.outputs.LogitsOf``), and outputs whose class dimension is
+    not ``data.num_classes`` raise :class:`~research.models.outputs.ModelOutputError` (one line,
+    the CLI's exit 2) while nothing is written yet. Teachers trained or reused here are checked too.
+    """
+    task = build_task(cfg.task)
+    check_student(cfg, data, task)
+    from_uri: dict[int, Teacher] = {}
+    for i, tc in enumerate(cfg.teachers):  # first: a wrong model_uri teacher must not wait for other teachers' training
+        if tc.model_uri is not None:
+            model = adapt_teacher(_load_model_uri(tracker, tc, i), tc, i, data, task)
+            run_id = tc.model_uri.split("/")[1] if tc.model_uri.startswith("runs:/") else None
+            from_uri[i] = Teacher(model, run_id, reused=True)
     teachers: list[Teacher] = []
     for i, tc in enumerate(cfg.teachers):
-        if tc.model_uri is not None:
-            model = tracker.load_model(tc.model_uri)
-            run_id = tc.model_uri.split("/")[1] if tc.model_uri.startswith("runs:/") else None
-            teachers.append(Teacher(model, run_id, reused=True))
+        if i in from_uri:
+            teachers.append(from_uri[i])
             continue
         key = teacher_key(tc, cfg.data)
         found = tracker.find_runs(cfg.tracking.experiment, tags={"teacher_key": key, "method": "teacher"})
         if found:
             run_id = found[0].info.run_id
-            teachers.append(Teacher(tracker.load_model(f"runs:/{run_id}/model"), run_id, key, reused=True))
+            model = adapt_teacher(tracker.load_model(f"runs:/{run_id}/model"), tc, i, data, task)
+            teachers.append(Teacher(model, run_id, key, reused=True))
             continue
         ctx = RunContext(tracker, parent_run_id=parent_run_id, config_path=config_path, progress=progress)
         teacher, result = train_teacher(tc, data, cfg, ctx, index=i)
         if on_trained is not None:
             on_trained(result)
+        teacher.model = adapt_teacher(teacher.model, tc, i, data, task)
         teachers.append(teacher)
     for t in teachers:
         t.model.eval()
     return teachers
+
+
+def check_models(cfg: RunConfig, data: DataBundle, tracker: Tracker) -> None:
+    """What :func:`obtain_teachers` checks before anything trains (the student, and every
+    ``model_uri`` teacher loaded and adapted), for callers that write before they obtain the
+    teachers, such as a study, which creates its parent run first. Raises ModelOutputError."""
+    task = build_task(cfg.task)
+    check_student(cfg, data, task)
+    for i, tc in enumerate(cfg.teachers):
+        if tc.model_uri is not None:
+            adapt_teacher(_load_model_uri(tracker, tc, i), tc, i, data, task)
+
+
+def _load_model_uri(tracker: Tracker, tc: TeacherConfig, index: int) -> nn.Module:
+    """The teacher at ``tc.model_uri``; a URI that does not load (no such run, no model there, not a
+    PyTorch model) is bad input: ModelOutputError in one line naming ``teachers.<index>.model_uri``."""
+    try:
+        model = tracker.load_model(tc.model_uri)
+    except Exception as e:  # MLflow's errors differ by store and cause; the first line says which
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ModelOutputError(f"teachers.{index}.model_uri: cannot load {tc.model_uri}: {first}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelOutputError(f"teachers.{index}.model_uri: {tc.model_uri} is a {type(model).__name__}, not a PyTorch module")
+    return model
+
+
+def _example_batch(data: DataBundle, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    # Two rows: a batch dimension that is not 1, so a model squeezing it shows up.
+    x = task.example_input(data.input_shape, 2)
+    return x, data.train.y[:2]
+
+
+def _check_classes(model: nn.Module, data: DataBundle, task: Task, *, what: str) -> None:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the example's noise must not move the run's RNG
+            x, y = _example_batch(data, task)
+            rows, _ = task.loss_rows(task.forward(model, x, y), y)
+    finally:
+        model.train(was)
+    check_classes(rows, data.num_classes, what=what)
+
+
+def adapt_teacher(model: nn.Module, tc: TeacherConfig, index: int, data: DataBundle, task: Task) -> nn.Module:
+    """``model`` as a float32-logits module (wrapped in ``LogitsOf`` when its output is a tuple/dict,
+    ``tc.output`` is set or its weights are half precision), checked against the data's classes.
+    Raises ModelOutputError naming ``teachers.<index>``."""
+    source = tc.model_uri or (tc.model.name if tc.model else "?")
+    what, how = f"teachers.{index} ({source})", f"teachers.{index}.output"
+    wrapped = LogitsOf(model, tc.output, what=what, how=how)
+    raw: list = []
+    hook = model.register_forward_hook(lambda module, args, out: raw.append(out))
+    try:  # one forward of the teacher: checks the output and shows whether the wrapper is needed
+        _check_classes(wrapped, data, task, what=what)
+    finally:
+        hook.remove()
+    plain = (tc.output is None and isinstance(raw[0], torch.Tensor) and raw[0].dtype == torch.float32
+             and model_device_dtype(model)[1] in (None, torch.float32))
+    return model if plain else wrapped
+
+
+def check_student(cfg: RunConfig, data: DataBundle, task: Task) -> None:
+    """The student of ``cfg`` (when there is one) built aside and called once: its output must
+    have ``data.num_classes`` classes. Raises ModelOutputError (or the factory's ValueError)."""
+    if cfg.student is None:
+        return
+    with torch.random.fork_rng(devices=[]):  # the run seeds and builds its own student later
+        student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
+    _check_classes(student, data, task, what=f"student ({cfg.student.name})")
 
 
 def distillation_task(

@@ -9,9 +9,11 @@ lives under ``./mlruns``: a SQLite database and the artifacts beside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -63,10 +65,62 @@ class RunKilled(Exception):
     """Raised inside a run to end it as KILLED (e.g. an early-stopped trial)."""
 
 
-def _timed(method):
-    """Adds the call's wall time to ``self.seconds``: the share of a run spent logging."""
+class TrackingWriteError(RuntimeError):
+    """The tracking store cannot be written: a full disk, a read-only ``mlruns/`` or database,
+    no permission. One line naming the store and the system's reason; the store itself is left
+    as it was (SQLite rolls the failed transaction back), so it opens again afterwards."""
+
+
+# errno values that mean "this place cannot take writes", whatever wrote there
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# SQLite's messages for the same conditions, as SQLAlchemy and MLflow pass them on
+_SQLITE_WRITE_MESSAGES = ("readonly database", "database or disk is full", "disk i/o error", "unable to open database file")
+
+
+def write_error_reason(e: BaseException) -> str | None:
+    """The one-line reason when ``e`` (or an exception it was raised from) is a failed write to
+    storage (see :class:`TrackingWriteError`), else None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+            where = f": {e.filename}" if e.filename else ""
+            return f"{e.strerror or e}{where}"
+        text = str(e).lower()
+        for m in _SQLITE_WRITE_MESSAGES:
+            if m in text:
+                return f"SQLite: {m}"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _store_errors(method):
+    """Turns a failed write to the store into :class:`TrackingWriteError` naming the store."""
 
     @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except TrackingWriteError:
+            raise
+        except Exception as e:
+            reason = write_error_reason(e)
+            if reason is None:
+                raise
+            uri = getattr(self, "uri", None) or getattr(getattr(self, "client", None), "tracking_uri", None) or "(unknown)"
+            uri = re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)  # never a password in a message
+            raise TrackingWriteError(f"cannot write to the tracking store {uri}: {reason} "
+                                     "(free disk space or make it writable, or give another tracking.uri)") from e
+
+    return wrapper
+
+
+def _timed(method):
+    """Adds the call's wall time to ``self.seconds``: the share of a run spent logging; a failed
+    write to the store becomes :class:`TrackingWriteError`."""
+
+    @functools.wraps(method)
+    @_store_errors
     def wrapper(self, *args, **kwargs):
         t0 = time.perf_counter()
         try:
@@ -121,16 +175,27 @@ class RunHandle:
     def log_model(self, model: Any, artifact_path: str = "model", *, input_example: Any = None) -> None:
         """The whole module as an MLflow PyTorch model (pickle format: pruned or quantized
         modules reload as they are, which a state_dict of the original class cannot do)."""
+        import copy
+
+        import torch
+
+        from .models.outputs import model_device_dtype, to_model_input
+
+        if model_device_dtype(model)[0].type != "cpu":
+            # Logged from the CPU: a model pickled on a GPU loads only where that GPU exists, and
+            # the training loop leaves it on the GPU. A copy, so the caller's model stays put.
+            model = copy.deepcopy(model).cpu()
         signature = None
         if input_example is not None:
-            import torch
-
             with torch.no_grad():
                 was = model.training
                 model.eval()
-                out = model(input_example)
-                model.train(was)
-            signature = mlflow.models.infer_signature(input_example.cpu().numpy(), out.cpu().numpy())
+                try:
+                    out = model(to_model_input(input_example, model))
+                finally:
+                    model.train(was)
+            if isinstance(out, torch.Tensor):  # a tuple/dict output has no one-tensor signature
+                signature = mlflow.models.infer_signature(input_example.cpu().numpy(), out.detach().float().cpu().numpy())
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / artifact_path
             mlflow.pytorch.save_model(
@@ -157,7 +222,7 @@ class RunHandle:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / artifact_file
-            torch.save(model.state_dict(), path)
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)  # loadable without the GPU
             self.client.log_artifact(self.run_id, str(path))
 
 
@@ -166,11 +231,17 @@ class Tracker:
 
     def __init__(self, uri: str | None = None) -> None:
         self.uri = uri or default_tracking_uri()
+        self.client = None
+        self._open()
+
+    @_store_errors
+    def _open(self) -> None:
         root = _local_artifact_root(self.uri)
         if root is not None:
             root.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=self.uri)
 
+    @_store_errors
     def experiment_id(self, name: str, *, create: bool = True) -> str | None:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
@@ -190,6 +261,7 @@ class Tracker:
                 raise
             return exp.experiment_id
 
+    @_store_errors
     def start(self, experiment: str, run_name: str, *, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> RunHandle:
         exp_id = self.experiment_id(experiment)
         all_tags = {"mlflow.source.git.commit": git_commit(), **(tags or {})}
@@ -198,6 +270,7 @@ class Tracker:
         run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
         return RunHandle(self.client, run.info.run_id, exp_id)
 
+    @_store_errors
     def end(self, handle: RunHandle, status: str = "FINISHED") -> None:
         self.client.set_terminated(handle.run_id, status)
 
@@ -206,6 +279,7 @@ class Tracker:
         run = self.client.get_run(run_id)
         return RunHandle(self.client, run_id, run.info.experiment_id)
 
+    @_store_errors
     def reopen(self, run_id: str) -> RunHandle:
         self.client.update_run(run_id, status="RUNNING")
         return self.handle(run_id)
@@ -218,7 +292,7 @@ class Tracker:
 
         with tempfile.TemporaryDirectory() as tmp:
             local = self.client.download_artifacts(run_id, artifact_file, tmp)
-            return torch.load(local, weights_only=True)
+            return torch.load(local, weights_only=True, map_location="cpu")
 
     @contextlib.contextmanager
     def run(
@@ -237,15 +311,20 @@ class Tracker:
             yield handle
         except (RunKilled, KeyboardInterrupt, *killed_on) as e:
             self._safe_tag(handle, {"killed_reason": _one_line(e) or type(e).__name__})
-            self.end(handle, "KILLED")
+            self._safe_end(handle, "KILLED")
             raise
         except BaseException as e:
             self._safe_tag(handle, {"error": _one_line(e), "error_type": type(e).__name__})
             self._safe_text(handle, traceback.format_exc(), "error.txt")
-            self.end(handle, "FAILED")
+            self._safe_end(handle, "FAILED")
             raise
         else:
             self.end(handle, "FINISHED")
+
+    def _safe_end(self, handle: RunHandle, status: str) -> None:
+        # The store may be what failed (read-only, full): its error must not hide the run's own.
+        with contextlib.suppress(TrackingWriteError):
+            self.end(handle, status)
 
     def _safe_tag(self, handle: RunHandle, tags: dict[str, str]) -> None:
         with contextlib.suppress(Exception):

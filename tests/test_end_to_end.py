@@ -227,6 +227,8 @@ class ForwardLog:
 
     def __enter__(self):
         def hook(module, args, output):
+            if len(args[0]) == 2:  # the output check before training (research.pipeline._example_batch): no data rows
+                return
             if isinstance(module, self._types[0]):
                 self.teacher.append(args[0].detach().clone())
             elif isinstance(module, self._types[1]) and len(args[0]) == BATCH:  # training steps only

@@ -49,8 +49,15 @@ def _cpu_eval_copy(model: nn.Module) -> nn.Module:
 
 def export_onnx(model: nn.Module, input_shape: Sequence[int], *, opset: int = DEFAULT_OPSET) -> OnnxExport:
     """The ONNX model (bytes) of ``model`` for float inputs ``[batch, *input_shape]``, batch dynamic."""
+    from research.models.outputs import LogitsOf, needs_adapter
+
     m = _cpu_eval_copy(model)
     example = torch.randn(2, *input_shape)
+    if needs_adapter(m, None, example):
+        # Half-precision weights: float32 in, float32 logits out, as the rest of the workbench sees the
+        # model; a tuple/dict output stops here with the one line that says how to pick the logits.
+        m = LogitsOf(m)
+        m(example)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
             warnings.simplefilter("ignore")

@@ -16,7 +16,7 @@ Structured: whole neurons / channels are removed, so the network really shrinks
 Linear, Conv1d/2d and residual ResNets, Flatten included), which keeps coupled
 layers consistent through its dependency graph. Channels are ranked by the L2
 norm of their weight group; every layer loses the same fraction of its channels
-(the layers producing the logits are never pruned), and that fraction is found
+(the layers producing the logits, and layers with a single channel, are never pruned), and that fraction is found
 by bisection so that the model's parameter count falls to at most
 ``(1 - sparsity)`` of what it was, as close as channel counts allow.
 """
@@ -141,23 +141,46 @@ def _pruner(model: nn.Module, example: torch.Tensor, ratio: float, steps: int, i
     )
 
 
+def fixed_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers whose output channels are never removed: the classifier (:func:`output_layers`) and
+    every layer with a single output channel, which cannot lose one without cutting the network."""
+    single = [m for m, _ in prunable_weights(model) if m.weight.shape[0] == 1]
+    out = output_layers(model, num_classes)
+    return out + [m for m in single if all(m is not o for o in out)]
+
+
 def _params_after(model: nn.Module, example: torch.Tensor, ratio: float, num_classes: int) -> int:
     trial = copy.deepcopy(model)
-    pruner = _pruner(trial, example, ratio, 1, output_layers(trial, num_classes))
+    pruner = _pruner(trial, example, ratio, 1, fixed_layers(trial, num_classes))
     pruner.step()
     return count_parameters(trial)
 
 
+def max_channel_ratio(widths: list[int]) -> float:
+    """The largest channel ratio at which every layer of these widths (each >= 2) keeps a channel.
+
+    torch-pruning keeps ``int(w * (1 - r))`` of a layer's ``w`` channels, so r <= 1 - 1/w for the
+    narrowest; a hair below that, since 3 * (1 - (1 - 1/3)) is 0.9999999999999998 in floating point."""
+    return max(0.0, 1.0 - 1.0 / min(widths) - 1e-9) if widths else 0.0
+
+
 def channel_ratio_for(model: nn.Module, sparsity: float, example: torch.Tensor, num_classes: int, *, iters: int = 16) -> float:
-    """The smallest per-layer channel ratio whose pruning leaves at most (1 - sparsity) of the parameters."""
+    """The smallest per-layer channel ratio whose pruning leaves at most (1 - sparsity) of the parameters.
+
+    Raises ValueError when even the largest ratio (:func:`max_channel_ratio` of the layers that can
+    lose channels, the classifier and single-channel layers kept whole) leaves more than that."""
     target = (1.0 - sparsity) * count_parameters(model)
-    ignored = set(map(id, output_layers(model, num_classes)))
-    widths = [m.weight.shape[0] for m, _ in prunable_weights(model) if id(m) not in ignored]
-    # Past 1 - 1/width a layer would lose every channel, which torch-pruning refuses (it prunes nothing).
-    lo, hi = 0.0, 1.0 - 1.0 / max(1, min(widths, default=1))
-    if hi <= 0 or _params_after(model, example, hi, num_classes) > target:
-        raise ValueError(f"structured pruning cannot remove {sparsity:.0%} of the parameters of {type(model).__name__} "
-                         "(the classifier and the layers that cannot lose channels alone are larger)")
+    fixed = set(map(id, fixed_layers(model, num_classes)))
+    widths = [m.weight.shape[0] for m, _ in prunable_weights(model) if id(m) not in fixed]
+    lo, hi = 0.0, max_channel_ratio(widths)
+    if hi <= 0:
+        raise ValueError(f"structured pruning cannot shrink {type(model).__name__}: it has no layer that can lose channels "
+                         "(only the classifier and single-channel layers)")
+    smallest = _params_after(model, example, hi, num_classes)
+    if smallest > target:
+        raise ValueError(f"structured pruning cannot remove {sparsity:.0%} of the parameters of {type(model).__name__}: "
+                         f"removing all but one channel of every layer that can lose channels leaves {smallest} of "
+                         f"{count_parameters(model)} ({1 - smallest / count_parameters(model):.1%} removed at most)")
     for _ in range(iters):
         mid = (lo + hi) / 2
         if _params_after(model, example, mid, num_classes) <= target:
@@ -195,7 +218,7 @@ def structured_prune(
     model.eval()
     example = _example(example_input, model)
     ratio = channel_ratio_for(model, sparsity, example, num_classes)
-    pruner = _pruner(model, example, ratio, steps, output_layers(model, num_classes))
+    pruner = _pruner(model, example, ratio, steps, fixed_layers(model, num_classes))
     for epochs in split_epochs(finetune_epochs, steps):
         model.eval()
         pruner.step()

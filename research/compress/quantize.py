@@ -38,6 +38,7 @@ Only 8 bits: the searchable ``bits`` knob exists for the study's sake.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -178,6 +179,7 @@ def _torch_ao(m: nn.Module, mode: str, calibration: torch.Tensor) -> Quantized:
         if mode == "dynamic":
             q = tq.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
         else:
+            fuse_conv_bn_relu(m)
             wrapped = tq.QuantWrapper(m)
             wrapped.qconfig = tq.get_default_qconfig(torch.backends.quantized.engine)
             wrapped.eval()
@@ -196,6 +198,76 @@ def _torch_ao(m: nn.Module, mode: str, calibration: torch.Tensor) -> Quantized:
                     "use backend 'onnxruntime' or quant_mode 'dynamic'"
                 ) from None
     return Quantized(TorchInt8(q), mode, {"engine": torch.backends.quantized.engine})
+
+
+FUSABLE_CONV: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def conv_bn_relu_groups(model: nn.Module) -> list[list[str]]:
+    """Names of every Conv -> BatchNorm (-> ReLU) chain of ``model``, as ``fuse_modules`` takes them.
+
+    Found in the model's traced graph (``torch.fx``): a convolution whose only user is a
+    BatchNorm, optionally followed by an ``nn.ReLU`` that only it uses, each module called once
+    (a ReLU module shared by two places, as in a residual block, is left out: fusing would
+    turn its other call into an identity). Models that do not trace fall back to consecutive
+    children of ``nn.Sequential`` containers, whose order is their call order."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # noqa: BLE001 - data-dependent control flow: fall back to Sequential order
+        return _sequential_groups(model)
+    modules = dict(model.named_modules())
+    calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
+
+    def only_user_of_type(node, types):
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module" or calls[users[0].target] != 1:
+            return None
+        return users[0] if isinstance(modules[users[0].target], types) else None
+
+    groups = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or not isinstance(modules[node.target], FUSABLE_CONV):
+            continue
+        bn = only_user_of_type(node, nn.modules.batchnorm._BatchNorm)
+        if bn is None:
+            continue
+        relu = only_user_of_type(bn, nn.ReLU)
+        groups.append([node.target, bn.target] + ([relu.target] if relu is not None else []))
+    return groups
+
+
+def _sequential_groups(model: nn.Module) -> list[list[str]]:
+    groups = []
+    for prefix, container in model.named_modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        names = list(container._modules)
+        i = 0
+        while i < len(names) - 1:
+            a, b = container._modules[names[i]], container._modules[names[i + 1]]
+            if isinstance(a, FUSABLE_CONV) and isinstance(b, nn.modules.batchnorm._BatchNorm):
+                group = [names[i], names[i + 1]]
+                if i + 2 < len(names) and isinstance(container._modules[names[i + 2]], nn.ReLU):
+                    group.append(names[i + 2])
+                groups.append([f"{prefix}.{n}" if prefix else n for n in group])
+                i += len(group)
+            else:
+                i += 1
+    return groups
+
+
+def fuse_conv_bn_relu(model: nn.Module) -> nn.Module:
+    """Fold each BatchNorm into the convolution before it (and its ReLU into the same int8 kernel),
+    in place, in eval mode: unfused, static int8 quantizes the convolution's output and then the
+    BatchNorm's again, two roundings where one suffices (on a Conv-BN-ReLU MNIST-1D model the
+    relative output error was 12% unfused, 5% fused, issue 12). Returns ``model``."""
+    from torch.ao import quantization as tq
+
+    groups = conv_bn_relu_groups(model)
+    if groups:
+        model.eval()
+        tq.fuse_modules(model, groups, inplace=True)
+    return model
 
 
 def _rebuild_quantized_conv(cls: type, state: tuple) -> nn.Module:

@@ -87,6 +87,9 @@ class TeacherConfig(Strict):
     seed: int = 0
     augment: bool | None = None  # None: as data.augment; true e.g. for Hinton's jittered teacher
     model_uri: str | None = None  # e.g. runs:/<run_id>/model or models:/name/1
+    # Which part of the forward's result holds the logits, for a model that returns a tuple/list
+    # (an index, ``output: 0``) or a dict (a key, ``output: logits``); None: the result itself.
+    output: int | str | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "TeacherConfig":
@@ -279,7 +282,8 @@ class RunConfig(Strict):
 def teacher_key(teacher: TeacherConfig, data: DataConfig) -> str:
     """What makes a trained teacher reusable: its model, training, seed and the data it saw."""
     data_part = data.model_dump(exclude={"cache_dir", "transfer_size", "transfer_seed", "download", "root", "augment"})
-    teacher_part = {**teacher.model_dump(mode="json"), "augment": teacher_augment_flag(teacher, data)}
+    # ``output`` only says how to read the forward's result: the same weights, the same key.
+    teacher_part = {**teacher.model_dump(mode="json", exclude={"output"}), "augment": teacher_augment_flag(teacher, data)}
     return config_hash({"teacher": teacher_part, "data": data_part})
 
 

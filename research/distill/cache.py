@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,7 +67,7 @@ class TeacherLogitCache:
         path = self.directory / f"{key}.pt" if self.directory is not None else None
         if path is not None and path.exists():
             self.hits += 1
-            value = torch.load(path, weights_only=True)
+            value = torch.load(path, weights_only=True, map_location="cpu")
         else:
             self.misses += 1
             if task is None:
@@ -74,7 +75,10 @@ class TeacherLogitCache:
             else:
                 value = task.predict(teacher, x, y, batch_size=batch_size, device=device)
             if path is not None:
-                _atomic_save(value, path)
+                try:
+                    _atomic_save(value, path)
+                except OSError as e:  # a full disk or read-only cache: the logits are still right, kept in memory
+                    warnings.warn(f"teacher-logit cache not written to {path.parent}: {e.strerror or e}", RuntimeWarning, stacklevel=2)
         self._memory[key] = value
         return value
 

@@ -106,14 +106,20 @@ def teacher_list(teacher_logits: TeacherLogits) -> list[torch.Tensor]:
                 f"a single tensor of teacher logits must be one teacher's [B, C], got {tuple(teacher_logits.shape)}; "
                 "pass K teachers as a list of K tensors"
             )
-        return [teacher_logits.detach()]
-    logits = [t.detach() for t in teacher_logits]
+        return [_upcast(teacher_logits.detach())]
+    logits = [_upcast(t.detach()) for t in teacher_logits]
     if not logits:
         raise ValueError("at least one teacher's logits are needed")
     shapes = {tuple(t.shape) for t in logits}
     if len(shapes) > 1:
         raise ValueError(f"the teachers' logits differ in shape: {sorted(shapes)}")
     return logits
+
+
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 logits as float32, before any division by T: in float16, z / T at a small T
+    overflows past 65504 to inf and the softmax gives NaN; bfloat16 keeps 3 significant digits."""
+    return logits.float() if logits.is_floating_point() and torch.finfo(logits.dtype).bits < 32 else logits
 
 
 def _mixing_weights(weights: Sequence[float] | torch.Tensor | None, stacked: torch.Tensor) -> torch.Tensor:
@@ -148,6 +154,7 @@ def kd_loss_terms(
     _check_temperature(temperature)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    student_logits = _upcast(student_logits)  # differentiable: the gradient flows back in the student's dtype
     log_p = teacher_log_probs(teacher_logits, temperature, teacher_weights, combine)
     if log_p.shape != student_logits.shape:
         raise ValueError(f"teacher logits {tuple(log_p.shape)} do not match student logits {tuple(student_logits.shape)}")

@@ -26,6 +26,9 @@ seeded shuffle (so trial numbers, unique in the storage, give distinct points).
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import warnings
 from pathlib import Path
 
@@ -69,7 +72,35 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     if not create and not path.exists():
         raise StudyError(f"no study storage at {path} (run a study first, or pass --storage)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.storages.JournalStorage(AtomicJournalFileBackend(str(path)))
+
+
+class AtomicJournalFileBackend(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, whose appends are all-or-nothing.
+
+    Optuna appends a batch of JSON lines and tolerates a last line cut short (an append
+    in progress), but a write that fails half-way (a full disk) leaves such a line behind,
+    and the next append glues onto it: one corrupt line, and the journal no longer loads.
+    Here a failed append truncates the file back to its size before the append, under the
+    same lock, then raises the write's error, so the journal opens as it was."""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        # Optuna's own append (same lock, same JSON lines, flush + fsync), with the roll-back around
+        # it; it cannot be called as super() inside the lock, which is not reentrant.
+        from optuna.storages.journal._file import get_lock_file
+
+        text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+        with get_lock_file(self._lock):
+            before = os.path.getsize(self._file_path) if os.path.exists(self._file_path) else 0
+            try:
+                with open(self._file_path, "ab") as f:
+                    f.write(text.encode("utf-8"))
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.truncate(self._file_path, before)
+                raise
 
 
 def check_storage(url: str) -> None:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from research.evaluate import classification_metrics, predict
+from research.models.outputs import select_output
 from research.tasks import Task, Toy, register_task
 
 
@@ -25,7 +26,9 @@ class Classification(Task):
     teacher_metric_names = ("agreement", "kl_to_teacher")
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return model(x)
+        # A tuple/dict output is refused here in one clear line (how to pick the logits), not
+        # deep inside a loss; run teachers are already wrapped (research.models.outputs.LogitsOf).
+        return select_output(model(x), what=f"the model {type(model).__name__}", how="teachers.<i>.output")
 
     def loss_rows(self, logits: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         return logits, y  # one row per sample already; unlabeled rows (-1) are the losses' business
