@@ -118,11 +118,15 @@ def _add_study_parsers(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .signals import exit_code, interrupt_on_signals
+
     try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        # SIGTERM/SIGHUP clean up as Ctrl-C does (runs KILLED, trials closed); a second signal exits at once.
+        with interrupt_on_signals():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e})" if str(e) else "interrupted", file=sys.stderr)
+        return exit_code(e)
 
 
 def _fail(msg: str, code: int = EXIT_BAD_INPUT) -> int:
@@ -274,7 +278,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _print_ui_hint(tracker) -> None:
-    uri = tracker.uri
+    from .tracking import mask_url
+
+    uri = mask_url(tracker.uri)
     if uri.startswith("sqlite:///"):
         rel = os.path.relpath(uri.removeprefix("sqlite:///"))
         uri = f"sqlite:///{rel}"
@@ -334,6 +340,7 @@ def _study_run(args: argparse.Namespace) -> int:
     sweep.check_storage(storage)
     tracker = Tracker(cfg.tracking.uri)
     study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
+    _recover(study, tracker)
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
                               timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)
 
@@ -346,15 +353,28 @@ def _study_resume(args: argparse.Namespace) -> int:
 
     storage = sweep.storage_url(args.storage)
     study, cfg = sweep.load_existing(args.name, storage)
+    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
+    _recover(study, tracker)  # before counting: a dead worker's trial is lost, not finished
     done = sweep.count_finished(study)
     n = args.n_trials or cfg.n_trials - done
     if n <= 0:
         print(f"study {args.name!r} already has {done} finished trials of its {cfg.n_trials}; use --n-trials N to run more")
         return 0
-    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
     tracker.reopen(study.user_attrs[sweep.ATTR_PARENT])
     print(f"resuming {args.name!r}: {done} finished trials kept, {n} more to run")
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers, timeout=args.timeout, progress=not args.no_progress)
+
+
+def _recover(study, tracker) -> None:
+    from . import sweep
+
+    done = sweep.recover(study, tracker)
+    if done.failed:
+        print(f"failed {len(done.failed)} trial(s) whose worker is gone: {done.failed}", file=sys.stderr)
+    if done.runs_closed:
+        print(f"closed {len(done.runs_closed)} MLflow run(s) left RUNNING by them (FAILED)", file=sys.stderr)
+    if done.requeued:
+        print(f"enqueued again the default(s) lost with trial(s) {done.requeued}", file=sys.stderr)
 
 
 def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress) -> int:
@@ -381,8 +401,9 @@ def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeo
 
 def _storage_flag(storage: str) -> str:
     from .sweep import DEFAULT_JOURNAL
+    from .tracking import mask_url
 
-    return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {storage}"
+    return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {mask_url(storage)}"
 
 
 def _study_list(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,23 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEFAULT_DIR = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
+
+
+# user:password@ in a URL's authority (postgresql://u:pw@host/db, https://u:pw@host); the password
+# may hold anything but '@', '/' and whitespace once the URL is written out.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@/\s]+)(?P<tail>@)")
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (``postgresql://u:***@host/db``);
+    anything without one is returned as is. Use it wherever a URL is printed or logged."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", url)
+
+
+def mask_secrets(text: str) -> str:
+    """Every URL password in a free text (a config file, an error message) masked as by mask_url."""
+    return mask_url(text)
 
 
 def default_tracking_uri() -> str:
@@ -101,17 +119,23 @@ class RunHandle:
 
     @_timed
     def set_tags(self, tags: dict[str, Any]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        items = [RunTag(k, mask_secrets(str(v))) for k, v in tags.items() if v is not None]
         if items:
             self.client.log_batch(self.run_id, tags=items, synchronous=True)
 
     @_timed
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.suffix in _TEXT_SUFFIXES and path.is_file():
+            text = path.read_text(errors="replace")
+            if mask_secrets(text) != text:  # a config file with a password in a URL: log it masked
+                self.client.log_text(self.run_id, mask_secrets(text), f"{artifact_path}/{path.name}" if artifact_path else path.name)
+                return
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     @_timed
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, mask_secrets(text), artifact_file)
 
     @_timed
     def log_figure(self, figure: Any, artifact_file: str) -> None:
@@ -201,6 +225,12 @@ class Tracker:
     def end(self, handle: RunHandle, status: str = "FINISHED") -> None:
         self.client.set_terminated(handle.run_id, status)
 
+    def close_run(self, run_id: str, status: str, tags: dict[str, str]) -> None:
+        """End a run another process left open (it died): ``tags`` say why, then ``status``."""
+        handle = self.handle(run_id)
+        self._safe_tag(handle, tags)
+        self.end(handle, status)
+
     def handle(self, run_id: str) -> RunHandle:
         """A handle on an existing run (e.g. a study's parent run from another process)."""
         run = self.client.get_run(run_id)
@@ -241,7 +271,7 @@ class Tracker:
             raise
         except BaseException as e:
             self._safe_tag(handle, {"error": _one_line(e), "error_type": type(e).__name__})
-            self._safe_text(handle, traceback.format_exc(), "error.txt")
+            self._safe_text(handle, traceback.format_exc(), "error.txt")  # masked by log_text
             self.end(handle, "FAILED")
             raise
         else:
@@ -326,13 +356,16 @@ def stop_ui(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         proc.wait()
 
 
+_TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".toml", ".cfg", ".ini"}
+
+
 def _param_value(v: Any) -> str:
-    s = str(v)
+    s = mask_secrets(str(v))
     return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
 
 
 def _one_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    text = f"{type(e).__name__}: {mask_secrets(str(e))}" if str(e) else type(e).__name__
     return " ".join(text.split())[:500]
 
 
