@@ -250,9 +250,11 @@ def test_no_password_of_the_storage_url_in_mlflow_or_the_output(tmp_path, monkey
     leaked = (f":{password}@", POSTGRES_URL)  # the password as it sits in a URL ("research" alone is also the user)
     chdir_to(monkeypatch, tmp_path, blank_db)
     name = f"secret_{uuid.uuid4().hex[:8]}"
-    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=1))
+    # In the study file: then the file (logged as an artifact), the config dumped beside it and
+    # every run's flattened params carry it too, not only the --storage of the command line.
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=1) + f"storage: {POSTGRES_URL}\n")
     with storage_for("postgresql", name) as storage:
-        assert main(["study", "run", "s.yaml", "--no-progress", *storage]) == 0
+        assert main(["study", "run", "s.yaml", "--no-progress"]) == 0
         assert main(["study", "resume", name, "--n-trials", "1", "--no-progress", *storage]) == 0
         assert main(["study", "resume", "nosuch", *storage]) == 2  # an error that names the storage
         out = capsys.readouterr()
