@@ -273,3 +273,56 @@ def test_no_password_of_the_storage_url_in_mlflow_or_the_output(tmp_path, monkey
     logged += [p.read_text(errors="replace") for p in texts]
     found = [s[:200] for s in logged if any(x in s for x in leaked)]
     assert not found, found
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_a_second_signal_during_the_clean_up_exits_at_once():
+    code = """
+import os, signal, time
+from research.signals import interrupt_on_signals
+with interrupt_on_signals():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except KeyboardInterrupt as e:
+        print(type(e).__name__, e, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)  # the clean-up is slow; the user presses Ctrl-C
+        time.sleep(30)
+        print("clean-up finished", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.stdout == "Terminated SIGTERM received\n", done.stderr
+    assert done.returncode == 128 + signal.SIGINT  # the second signal's code, at once
+
+
+def test_sigterm_to_study_run_with_workers_is_forwarded_and_resume_completes(tmp_path, monkeypatch, study_cache, blank_db):
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("fwd", study_cache, n_trials=2))
+    log = tmp_path / "run.log"
+    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
+    try:
+        victim = wait_for_running_trial(proc, tmp_path, "fwd", [], log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 143, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    study = load(tmp_path, "fwd")
+    client = client_for(tmp_path)
+    # Each worker got the signal and closed its own trial and run before the parent exited.
+    for t in study.get_trials():
+        with pytest.raises(ProcessLookupError):
+            os.kill(t.user_attrs["worker"]["pid"], 0)
+    assert study.trials[victim.number].state == TrialState.FAIL and "SIGTERM" in study.trials[victim.number].user_attrs["lost"]
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+    assert_nothing_running(study, client, "fwd")
+
+    assert main(["study", "resume", "fwd", "--no-progress"]) == 0
+    study = load(tmp_path, "fwd")
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 2
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("lost") for t in study.get_trials())
+    assert_nothing_running(study, client, "fwd")
