@@ -27,6 +27,8 @@ import mlflow.pytorch
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
+from .process import process_identity
+
 # MLflow warns on every pickle-format save; we choose pickle on purpose (see RunHandle.log_model).
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 # Artifact download bars would interleave with the training bars.
@@ -34,6 +36,7 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 DEFAULT_DIR = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
+PROCESS_TAG = "process"  # process.host, process.pid, process.start: who owns a run
 MAX_PARAM_LEN = 6000
 
 
@@ -216,7 +219,9 @@ class Tracker:
 
     def start(self, experiment: str, run_name: str, *, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> RunHandle:
         exp_id = self.experiment_id(experiment)
-        all_tags = {"mlflow.source.git.commit": git_commit(), **(tags or {})}
+        # The process that owns the run: a run left RUNNING by a dead one can be told from a live one's.
+        me = process_identity()
+        all_tags = {"mlflow.source.git.commit": git_commit(), **{f"{PROCESS_TAG}.{k}": v for k, v in me.items()}, **(tags or {})}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
@@ -224,6 +229,12 @@ class Tracker:
 
     def end(self, handle: RunHandle, status: str = "FINISHED") -> None:
         self.client.set_terminated(handle.run_id, status)
+
+    @staticmethod
+    def run_process(run) -> dict[str, str]:
+        """The {host, pid, start} recorded on a run by start() (empty for runs made elsewhere)."""
+        prefix = f"{PROCESS_TAG}."
+        return {k.removeprefix(prefix): v for k, v in run.data.tags.items() if k.startswith(prefix)}
 
     def close_run(self, run_id: str, status: str, tags: dict[str, str]) -> None:
         """End a run another process left open (it died): ``tags`` say why, then ``status``."""

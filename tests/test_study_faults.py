@@ -123,6 +123,36 @@ def test_kill_9_in_a_trial_then_resume_fails_it_closes_its_run_and_loses_no_tria
         assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
 
 
+def test_kill_9_while_the_teacher_trains_then_resume_closes_the_teacher_run(tmp_path, monkeypatch, study_cache, blank_db):
+    """The other point of a study where a process owns an MLflow run and no trial: the teacher's training."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("k9t", study_cache, n_trials=1).replace("epochs: 1, threads: 1", "epochs: 3, threads: 1"))
+    log = tmp_path / "run.log"
+    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress"], log)
+    client = client_for(tmp_path)
+    deadline = time.monotonic() + 600  # a guard against a hang, not a timing assertion
+    teacher = None
+    try:
+        while teacher is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(Exception):  # the experiment may not exist yet
+                running = [r for r in all_runs(client, "k9t") if r.data.tags.get("role") == "teacher" and r.info.status == "RUNNING"]
+                teacher = running[0] if running else None
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert teacher is not None and teacher.data.tags["process.pid"] == str(proc.pid)
+    assert client.get_run(teacher.info.run_id).info.status == "RUNNING"  # left so by the dead process
+
+    assert main(["study", "resume", "k9t", "--no-progress"]) == 0
+    run = client.get_run(teacher.info.run_id)
+    assert run.info.status == "FAILED" and f"process {proc.pid}" in run.data.tags["error"] and "gone" in run.data.tags["error"]
+    study = load(tmp_path, "k9t")
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+    assert_nothing_running(study, client, "k9t")
+
+
 # ---------------------------------------------------------------- SIGTERM, Ctrl-C
 
 

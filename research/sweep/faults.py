@@ -27,7 +27,6 @@ point) is a result and is not repeated.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 import time
@@ -37,6 +36,8 @@ from typing import Any, Iterator
 import optuna
 from optuna.trial import TrialState
 
+from ..process import process_gone
+from ..process import process_identity as worker_identity
 from ..tracking import Tracker
 from .storage import ATTR_EXPERIMENT, ATTR_LOST, ATTR_PARENT
 
@@ -47,33 +48,6 @@ HEARTBEAT_S = 30.0
 GRACE_S = 120.0  # four missed heartbeats: the same margin as Optuna's RDB grace period
 
 
-def _start_time(pid: int) -> float | None:
-    """The process's start time in clock ticks since boot (Linux /proc), None where unknown.
-    Two processes that reuse one pid differ in it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2, in parentheses) may itself hold spaces.
-    return float(stat.rsplit(b")", 1)[1].split()[19])
-
-
-def worker_identity() -> dict[str, Any]:
-    """This process as recorded on its trials: {host, pid, start}."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _start_time(os.getpid())}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def worker_gone(worker: dict[str, Any] | None, heartbeat: float | None, started: float, *, now: float | None = None) -> str | None:
     """Why a RUNNING trial's worker is gone, or None when it may be alive.
 
@@ -82,13 +56,8 @@ def worker_gone(worker: dict[str, Any] | None, heartbeat: float | None, started:
     """
     now = time.time() if now is None else now
     if worker and worker.get("host") == socket.gethostname():
-        pid = int(worker["pid"])
-        if not _pid_alive(pid):
-            return f"worker process {pid} on {worker['host']} is gone"
-        start = _start_time(pid)
-        if worker.get("start") is not None and start is not None and start != worker["start"]:
-            return f"worker process {pid} on {worker['host']} is gone (its pid now belongs to another process)"
-        return None
+        gone = process_gone(worker)
+        return f"worker {gone}" if gone else None
     last = max(heartbeat or 0.0, started)
     if not worker and now - started > GRACE_S:  # the attr is set as the objective starts: it died before
         return f"no worker recorded {now - started:.0f} s after the trial started"
@@ -153,19 +122,27 @@ def recover(study: optuna.Study, tracker: Tracker) -> Recovery:
 
 
 def _close_runs(study: optuna.Study, tracker: Tracker, trials: list, out: Recovery) -> None:
-    """End FAILED the RUNNING child runs of failed trials (Optuna's stale-trial check, or ours,
-    failed the trial; nobody ended its run)."""
+    """End FAILED the RUNNING runs of the study's experiment left by a dead process: child runs
+    of failed trials (Optuna's stale-trial check, or ours, failed the trial; nobody ended its
+    run), and any other run (a teacher's) whose recorded process on this host is gone. The
+    study's parent run is left alone: `resume` reopens it and ends it."""
     parent = study.user_attrs.get(ATTR_PARENT)
     experiment = study.user_attrs.get(ATTR_EXPERIMENT)
     if not parent or not experiment:
         return
     failed = {t.user_attrs.get("mlflow_run_id"): t for t in trials if t.state == TrialState.FAIL}
-    for run in tracker.find_runs(experiment, status="RUNNING", parent_run_id=parent):
-        t = failed.get(run.info.run_id)
-        if t is None:
+    for run in tracker.find_runs(experiment, status="RUNNING"):
+        if run.info.run_id == parent:
             continue
-        reason = t.user_attrs.get(ATTR_LOST) or "worker gone (its heartbeat stopped)"
-        tracker.close_run(run.info.run_id, "FAILED", {"error": f"trial {t.number} lost: {reason}", "error_type": "WorkerLost"})
+        t = failed.get(run.info.run_id)
+        if t is not None:
+            reason = f"trial {t.number} lost: {t.user_attrs.get(ATTR_LOST) or 'its worker sent no heartbeat'}"
+        else:
+            gone = process_gone(tracker.run_process(run))
+            if gone is None:
+                continue
+            reason = f"{run.data.tags.get('role', 'run')} run lost: its {gone}"
+        tracker.close_run(run.info.run_id, "FAILED", {"error": reason, "error_type": "WorkerLost"})
         out.runs_closed.append(run.info.run_id)
 
 
