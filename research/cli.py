@@ -228,7 +228,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
-    from .tracking import default_tracking_uri, start_ui, stop_ui, wait_for_ui
+    from .tracking import default_tracking_uri, mask_url, start_ui, stop_ui, wait_for_ui
 
     uri = default_tracking_uri()
     proc = start_ui(uri, args.host, args.port)
@@ -236,7 +236,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if wait_for_ui(proc, args.host, args.port):
-            print(f"MLflow UI at http://{args.host}:{args.port} over {uri}  (Ctrl-C stops it)", flush=True)
+            print(f"MLflow UI at http://{args.host}:{args.port} over {mask_url(uri)}  (Ctrl-C stops it)", flush=True)
         else:
             return _fail(f"the MLflow UI did not start on {args.host}:{args.port} (is the port in use?)", 1)
         return proc.wait()
