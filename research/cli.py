@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the MLflow UI over the tracking store on 127.0.0.1; Ctrl-C stops it.")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+
+    p = sub.add_parser("server", help="an MLflow tracking server that workers on several machines log to over HTTP",
+                       description="Start `mlflow server` over a database (PostgreSQL for several machines) with artifacts "
+                                   "proxied into a folder; workers then set MLFLOW_TRACKING_URI=http://HOST:PORT. Ctrl-C stops it.")
+    p.add_argument("--backend-store-uri", required=True, help="e.g. postgresql://user:pw@db/mlflow (its own database or schema)")
+    p.add_argument("--artifacts", default="mlruns/server-artifacts", help="folder (or URI) for the artifacts (default: mlruns/server-artifacts)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other machines)")
     return parser
 
 
@@ -245,6 +253,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     finally:
         stop_ui(proc)
         print("MLflow UI stopped", flush=True)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from .tracking import mask_url, start_server, stop_ui, wait_for_ui
+
+    proc = start_server(args.backend_store_uri, args.artifacts, args.host, args.port)
+    try:
+        if not wait_for_ui(proc, args.host, args.port):
+            return _fail(f"the MLflow server did not start on {args.host}:{args.port} over {mask_url(args.backend_store_uri)}", 1)
+        print(f"MLflow server at http://{args.host}:{args.port} over {mask_url(args.backend_store_uri)}; "
+              f"workers: export MLFLOW_TRACKING_URI=http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (research.signals)
+        return 0
+    finally:
+        stop_ui(proc)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -433,7 +457,7 @@ def _study_finalize(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "compress": cmd_compress, "compare": cmd_compare,
-            "study": cmd_study, "ui": cmd_ui}
+            "study": cmd_study, "ui": cmd_ui, "server": cmd_server}
 
 
 if __name__ == "__main__":

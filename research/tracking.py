@@ -337,6 +337,19 @@ def start_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> subprocess.
     return subprocess.Popen(cmd, start_new_session=True, env=env)
 
 
+def start_server(backend_uri: str, artifacts: str | Path, host: str = "127.0.0.1", port: int = 5000, *, workers: int = 2) -> subprocess.Popen:
+    """``mlflow server`` for several machines: runs in ``backend_uri`` (PostgreSQL, e.g.
+    ``postgresql://u:pw@db/mlflow``), artifacts proxied over HTTP into ``artifacts`` (a folder
+    or a URI), so workers need only ``MLFLOW_TRACKING_URI=http://host:port``. Its own process
+    group; stop it with stop_ui, wait for it with wait_for_ui."""
+    art = Path(artifacts).resolve().as_uri() if "://" not in str(artifacts) else str(artifacts)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination", art,
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return subprocess.Popen(cmd, start_new_session=True, env=env)
+
+
 def wait_for_ui(proc: subprocess.Popen, host: str, port: int, timeout_s: float = 90.0) -> bool:
     import urllib.request
 

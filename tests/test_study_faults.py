@@ -356,3 +356,57 @@ def test_sigterm_to_study_run_with_workers_is_forwarded_and_resume_completes(tmp
     assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 2
     assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("lost") for t in study.get_trials())
     assert_nothing_running(study, client, "fwd")
+
+
+# ---------------------------------------------------------------- several machines: a tracking server
+
+
+@needs_postgres
+def test_four_workers_share_a_postgresql_study_and_log_to_a_real_mlflow_server(tmp_path, monkeypatch, study_cache):
+    """`research server`'s server (mlflow server, PostgreSQL backend in its own schema, proxied
+    artifacts) on 127.0.0.1, and `study run --workers 4` over HTTP, as workers on 4 machines would."""
+    import sqlalchemy as sa
+    from mlflow.tracking import MlflowClient
+
+    from research.tracking import start_server, stop_ui, wait_for_ui
+
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    tag = uuid.uuid4().hex[:8]
+    name, schema = f"srv_{tag}", f"mlflow_{tag}"  # MLflow's tables apart from Optuna's (both keep an alembic_version)
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as c:
+        c.execute(sa.text(f"create schema {schema}"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_server(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", tmp_path / "artifacts", "127.0.0.1", port, workers=1)
+    try:
+        assert wait_for_ui(server, "127.0.0.1", port), "the MLflow server did not start"
+        chdir_to(monkeypatch, tmp_path)
+        uri = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=4))
+        with storage_for("postgresql", name) as storage:
+            assert main(["study", "run", "s.yaml", "--workers", "4", "--no-progress", *storage]) == 0
+            study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+            trials = study.get_trials()
+        assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+        assert len({t.user_attrs["worker"]["pid"] for t in trials}) > 1  # shared by several workers
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+        assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+        children = [r for r in runs if r.data.tags.get("role") == "trial"]
+        assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]  # one child run each
+        assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
+        assert all(r.info.status == "FINISHED" for r in children)
+        keys = {frozenset(r.data.metrics) for r in children}
+        assert len(keys) == 1 and {"val_accuracy", "test_accuracy"} <= next(iter(keys)), keys  # no metric missing
+        assert all(any(a.path == "weights.pt" for a in client.list_artifacts(r.info.run_id)) for r in children)
+        assert list((tmp_path / "artifacts").rglob("weights.pt"))  # proxied into the server's folder
+    finally:
+        stop_ui(server)
+        with engine.begin() as c:
+            c.execute(sa.text(f"drop schema if exists {schema} cascade"))
+        engine.dispose()
