@@ -335,6 +335,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except _study_errors() as e:
         return _fail(str(e))
+    except _worker_error() as e:  # not bad input: exit 1, still one line
+        return _fail(str(e), 1)
     raise AssertionError(action)
 
 
@@ -342,6 +344,12 @@ def _study_errors():
     from .sweep import StudyError
 
     return (StudyError,)
+
+
+def _worker_error():
+    from .sweep import WorkerError
+
+    return WorkerError
 
 
 def _positive(value: int | None, flag: str) -> None:

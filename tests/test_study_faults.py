@@ -153,6 +153,38 @@ def test_kill_9_while_the_teacher_trains_then_resume_closes_the_teacher_run(tmp_
     assert_nothing_running(study, client, "k9t")
 
 
+def test_kill_9_of_one_worker_then_resume(tmp_path, monkeypatch, study_cache, blank_db):
+    """A worker of `--workers 2` killed in its trial: the other finishes, the command says so in
+    one line (exit 1), and resume fails the dead worker's trial and runs one in its place."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("k9w", study_cache, n_trials=2))
+    log = tmp_path / "run.log"
+    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
+    try:
+        victim = wait_for_running_trial(proc, tmp_path, "k9w", [], log)
+        worker = victim.user_attrs["worker"]["pid"]
+        assert worker != proc.pid
+        os.kill(worker, signal.SIGKILL)
+        assert proc.wait(timeout=600) == 1, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    errors = [line for line in log.read_text().splitlines() if line.startswith("research: error:")]
+    assert len(errors) == 1 and "worker(s) exited" in errors[0] and f"-{int(signal.SIGKILL)}" in errors[0], log.read_text()
+    assert "Traceback" not in log.read_text()
+
+    assert main(["study", "resume", "k9w", "--no-progress"]) == 0
+    study = load(tmp_path, "k9w")
+    client = client_for(tmp_path)
+    dead = study.trials[victim.number]
+    assert dead.state == TrialState.FAIL and f"worker process {worker}" in dead.user_attrs["lost"]
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert_nothing_running(study, client, "k9w")
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
 # ---------------------------------------------------------------- SIGTERM, Ctrl-C
 
 

@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",
                      "pruning_target", "trial_config", "trial_values"), "objective"),
     **dict.fromkeys(("create_or_join", "enqueue_points", "launch", "load_existing", "prepare_context", "run_trials", "split_trials",
-                     "worker_main"), "study"),
+                     "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),
     **dict.fromkeys(("close_figures", "study_figures"), "plots"),
     **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "worker_gone", "worker_identity"), "faults"),

@@ -43,6 +43,10 @@ from .storage import (
 )
 
 
+class WorkerError(RuntimeError):
+    """A worker process of ``launch`` exited with an error or was killed."""
+
+
 def enqueue_points(cfg: StudyConfig) -> list[dict[str, Any]]:
     """The study file's ``enqueue:`` entries (published defaults) as Optuna params,
     through the search encoder; teachers' weights not given are uniform."""
@@ -156,7 +160,7 @@ def launch(
     progress: bool = True,
 ) -> None:
     """Run ``n_trials`` more trials with ``workers`` processes; a progress bar shows
-    trials done, the best value so far and the time left. Raises RuntimeError when a
+    trials done, the best value so far and the time left. Raises WorkerError when a
     worker process exits with an error."""
     start_count = count_finished(study)
     started = started_trials(study)  # the workers' seeds derive from it (see sampler_seed)
@@ -192,7 +196,8 @@ def launch(
             _poll(bar, study, cfg, start_count)
             bad = [p.returncode for p in procs if p.returncode != 0]
             if bad:
-                raise RuntimeError(f"{len(bad)} worker(s) exited with an error (codes {bad}); see their output above")
+                raise WorkerError(f"{len(bad)} worker(s) exited with an error (exit codes {bad}; -N: killed by signal N). "
+                                  f"`research study resume {cfg.name}` fails their trials and runs the rest")
     finally:
         bar.close()
 
