@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 from research.config import RunConfig, load_run_config  # noqa: E402
 from research.distill import TeacherLogitCache  # noqa: E402
 from research import stats  # noqa: E402
-from research.pipeline import RunResult, Teacher, load_run_data, train_student, train_teacher  # noqa: E402
+from research.pipeline import RunContext, RunResult, Teacher, load_run_data, train_student, train_teacher  # noqa: E402
 from research.stats import format_mean_std  # noqa: E402
 from research.tracking import Tracker  # noqa: E402
 
@@ -80,14 +80,14 @@ def run(seeds: list[int], cache_dir: str, smoke: bool, seed0_teacher: bool) -> l
         teachers: dict[int, Teacher] = {}
         for seed in seeds:
             t_cfg = config(LABELLED, cache_dir, smoke, f"teachers.0.seed={seed}")
-            teachers[seed] = timed(results, train_teacher, t_cfg.teachers[0], data_lab, t_cfg, tracker, progress=False)[0]
+            teachers[seed] = timed(results, train_teacher, t_cfg.teachers[0], data_lab, t_cfg, RunContext(tracker, progress=False))[0]
             results[-1].metrics["train_samples"] = float(len(data_lab.train))
         for seed in seeds:
             teacher = teachers[seeds[0] if seed0_teacher else seed]
-            timed(results, train_student, lab, data_lab, None, seed=seed, progress=False)
+            timed(results, train_student, lab, data_lab, RunContext(None, progress=False), seed=seed)
             for role, cfg, data in (("distill", lab, data_lab), ("distill_transfer", tra, data_tra)):
-                timed(results, train_student, cfg, data, None, seed=seed, teachers=[teacher], role=role,
-                      progress=False, cache=TeacherLogitCache())  # in memory: nothing written to disk
+                untracked = RunContext(None, role=role, progress=False, cache=TeacherLogitCache())  # in memory: nothing written to disk
+                timed(results, train_student, cfg, data, untracked, seed=seed, teachers=[teacher])
     return results
 
 

@@ -157,7 +157,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: teachers: no teacher to train (give teachers with a model)")
     except ConfigError as e:
         return _fail(str(e))
-    from .pipeline import load_run_data, train_teacher
+    from .pipeline import RunContext, load_run_data, train_teacher
     from .tracking import Tracker
 
     tracker = Tracker(cfg.tracking.uri)
@@ -165,7 +165,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     for i, tc in enumerate(cfg.teachers):
         if tc.model is None:
             continue
-        _, result = train_teacher(tc, data, cfg, tracker, index=i, config_path=args.config, progress=not args.no_progress)
+        _, result = train_teacher(tc, data, cfg, RunContext(tracker, config_path=args.config, progress=not args.no_progress), index=i)
         print(f"teacher {i} ({tc.model.name}): test accuracy {result.metrics['test_accuracy']:.4f}, "
               f"run {result.run_id}, model runs:/{result.run_id}/model")
     _print_ui_hint(tracker)
@@ -203,7 +203,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config}: compress: this command needs a compress: section (method, sparsity, ...)")
     except ConfigError as e:
         return _fail(str(e))
-    from .pipeline import compress_run, load_run_data, obtain_teachers, summarize
+    from .pipeline import RunContext, compress_run, load_run_data, obtain_teachers, summarize
     from .tracking import Tracker
 
     tracker = Tracker(cfg.tracking.uri)
@@ -211,7 +211,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     results = []
     teachers = obtain_teachers(cfg, data, tracker, config_path=args.config, progress=not args.no_progress, on_trained=results.append)
     for seed in args.seeds or [cfg.seed]:
-        results.append(compress_run(cfg, data, tracker, seed=seed, teachers=teachers, config_path=args.config, progress=not args.no_progress))
+        results.append(compress_run(cfg, data, RunContext(tracker, config_path=args.config, progress=not args.no_progress), seed=seed, teachers=teachers))
     print(format_table(summarize(results)))
     _print_ui_hint(tracker)
     return 0

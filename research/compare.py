@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .compress import compression_method
 from .config import CompareConfig, CompareMethod
 from .evaluate import count_parameters
-from .pipeline import RunResult, compress_run, load_run_data, obtain_teachers, train_student
+from .pipeline import RunContext, RunResult, compress_run, load_run_data, obtain_teachers, train_student
 from .report import comparison_figures, comparison_markdown, comparison_table, figures_to_files
 from .tracking import Tracker
 
@@ -89,12 +89,12 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, *, config_path: str 
 def _one_run(run_cfg, method: CompareMethod, budget, seed, data, teachers, tracker, parent_id, name) -> RunResult:
     tags = {"method": method.label, "budget": budget, "comparison": name}
     run_name = f"{method.label}-{budget:g}x-seed{seed}" if budget else f"{method.label}-seed{seed}"
-    common = dict(seed=seed, role="compare", run_name=run_name, parent_run_id=parent_id, extra_tags=tags, progress=False)
+    ctx = RunContext(tracker, role="compare", run_name=run_name, parent_run_id=parent_id, extra_tags=tags, progress=False)
     if method.kind == "distill":
-        return train_student(run_cfg, data, tracker, teachers=teachers, log_model=False, log_weights=True, **common)
+        return train_student(run_cfg, data, ctx, seed=seed, teachers=teachers, log_model=False, log_weights=True)
     if method.kind == "student":
-        return train_student(run_cfg, data, tracker, log_model=False, log_weights=True, **common)
-    return compress_run(run_cfg, data, tracker, teachers=teachers, **common)
+        return train_student(run_cfg, data, ctx, seed=seed, log_model=False, log_weights=True)
+    return compress_run(run_cfg, data, ctx, seed=seed, teachers=teachers)
 
 
 def _best_per_method(rows: list[dict[str, Any]]) -> dict[str, float]:

@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-import yaml
 from torch import nn
 
-from .config import RunConfig, TeacherConfig, config_hash, flatten, teacher_augment_flag, teacher_key
+from .config import RunConfig, TeacherConfig, flatten, teacher_augment_flag, teacher_key
 from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
 from .evaluate import deployment_metrics
 from .models import build_model
+from .runs import RunContext, shared_tags, tracked_run
 from .stats import mean_std
 from .tasks import Task, build_task
 from .tracking import RunHandle, Tracker
@@ -95,35 +95,29 @@ def _epoch_logger(handle: RunHandle | None) -> list[EpochCallback]:
     return [lambda epoch, metrics: handle.log_metrics(metrics, step=epoch)]
 
 
-def train_teacher(
-    tc: TeacherConfig,
-    data: DataBundle,
-    cfg: RunConfig,
-    tracker: Tracker,
-    *,
-    index: int = 0,
-    config_path: str | Path | None = None,
-    parent_run_id: str | None = None,
-    progress: bool = True,
-) -> tuple[Teacher, RunResult]:
-    """Train one teacher on the labelled training split, logged as its own run."""
+def train_teacher(tc: TeacherConfig, data: DataBundle, cfg: RunConfig, ctx: RunContext, *, index: int = 0) -> tuple[Teacher, RunResult]:
+    """Train one teacher on the labelled training split, logged as its own run (role ``teacher``
+    unless ``ctx.role``; named ``teacher-<index>-<model>`` unless ``ctx.run_name``); its model is
+    always logged, since reusing a teacher loads it from there."""
     assert tc.model is not None
     key = teacher_key(tc, cfg.data)
     seed_everything(tc.seed, tc.train.deterministic)  # the initial weights follow the seed too
     model = build_model(tc.model.name, input_shape=data.input_shape, num_classes=data.num_classes, **tc.model.args)
-    tags = {"method": "teacher", "role": "teacher", "dataset": cfg.data.dataset, "teacher_key": key, "model": tc.model.name, "seed": tc.seed}
-    with tracker.run(cfg.tracking.experiment, f"teacher-{index}-{tc.model.name}", tags=tags, parent_run_id=parent_run_id) as run:
-        run.log_params({"seed": tc.seed, **flatten(tc.model_dump(mode="json"), "teacher"), **flatten(cfg.data.model_dump(mode="json"), "data")})
-        _log_config(run, cfg, config_path)
+    role = ctx.role or "teacher"
+    tags = {**shared_tags(cfg, method="teacher", role=role, seed=tc.seed, model=tc.model.name), "teacher_key": key}
+    params = {"seed": tc.seed, **flatten(tc.model_dump(mode="json"), "teacher"), **flatten(cfg.data.model_dump(mode="json"), "data")}
+    with tracked_run(ctx, cfg, name=ctx.run_name or f"teacher-{index}-{tc.model.name}", tags=tags, params=params) as run:
         augment = default_augment(cfg.data.dataset) if teacher_augment_flag(tc, cfg.data) else None
         history = fit(
             Supervised(model, task=build_task(cfg.task)), data.train, tc.train, seed=tc.seed, val=data.val, augment=augment,
-            callbacks=_epoch_logger(run), progress=progress, desc=f"teacher {index} ({tc.model.name})",
+            callbacks=_epoch_logger(run), progress=ctx.progress, desc=f"teacher {index} ({tc.model.name})",
         )
         metrics = {**evaluate_run(model, data, cfg), "train_time_s": history.wall_time_s}
-        run.log_metrics(metrics, step=len(history.epochs))  # the final evaluation is of the last epoch
-        run.log_model(model, input_example=data.test.x[:2])  # always: reusing a teacher loads it from here
-    return Teacher(model, run.run_id, key), RunResult("teacher", tc.seed, run.run_id, metrics, model)
+        if run is not None:
+            run.log_metrics(metrics, step=len(history.epochs))  # the final evaluation is of the last epoch
+            run.log_model(model, input_example=data.test.x[:2])
+    run_id = run.run_id if run is not None else None
+    return Teacher(model, run_id, key), RunResult(role, tc.seed, run_id, metrics, model)
 
 
 def obtain_teachers(
@@ -151,7 +145,8 @@ def obtain_teachers(
             run_id = found[0].info.run_id
             teachers.append(Teacher(tracker.load_model(f"runs:/{run_id}/model"), run_id, key, reused=True))
             continue
-        teacher, result = train_teacher(tc, data, cfg, tracker, index=i, config_path=config_path, parent_run_id=parent_run_id, progress=progress)
+        ctx = RunContext(tracker, parent_run_id=parent_run_id, config_path=config_path, progress=progress)
+        teacher, result = train_teacher(tc, data, cfg, ctx, index=i)
         if on_trained is not None:
             on_trained(result)
         teachers.append(teacher)
@@ -184,29 +179,22 @@ def distillation_task(
 def train_student(
     cfg: RunConfig,
     data: DataBundle,
-    tracker: Tracker | None,
+    ctx: RunContext,
     *,
     seed: int,
     teachers: Sequence[Teacher] = (),
-    role: str = "student",
-    run_name: str | None = None,
-    parent_run_id: str | None = None,
-    extra_tags: dict[str, Any] | None = None,
-    extra_params: dict[str, Any] | None = None,
-    callbacks: Iterable[EpochCallback] = (),
-    killed_on: Sequence[type[BaseException]] = (),
     full_train: bool = False,
+    callbacks: Iterable[EpochCallback] = (),
     log_model: bool | None = None,
-    config_path: str | Path | None = None,
-    progress: bool = True,
-    cache: TeacherLogitCache | None = None,
-    on_run_start: Callable[[str], None] | None = None,
     log_weights: bool = False,
 ) -> RunResult:
-    """Train the student alone (no teachers) or distilled from ``teachers``; one MLflow run.
+    """Train the student alone (no teachers) or distilled from ``teachers``; one run opened by
+    :func:`research.runs.tracked_run` from ``ctx`` (role ``student`` unless ``ctx.role``).
 
     ``full_train`` trains on train + val (a final run after the search) and
-    reports the test split only for what the run was selected on.
+    reports the test split only for what the run was selected on. ``callbacks`` get each
+    epoch's metrics (a study's pruning). The student is logged as an MLflow model when
+    ``log_model`` (None: ``cfg.tracking.log_model``), else its weights when ``log_weights``.
     """
     assert cfg.student is not None
     base = data.full_train() if full_train else data.train
@@ -216,33 +204,19 @@ def train_student(
     seed_everything(seed, train_cfg.deterministic)  # the initial weights follow the seed too
     student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
     task = build_task(cfg.task)
-    learner = distillation_task(student, teachers, train_split, data, cfg, cache=cache, task=task) if distilled else Supervised(student, task=task)
-    teacher_ids = ",".join(t.run_id for t in teachers if t.run_id)
-    tags = {
-        "method": "distill" if distilled else "student",
-        "role": role,
-        "dataset": cfg.data.dataset,
-        "model": cfg.student.name,
-        "seed": seed,
-        "teacher_run_id": teacher_ids or None,
-        "config_hash": config_hash(cfg),
-        **(extra_tags or {}),
-    }
-    params = {**flatten(cfg.model_dump(mode="json")), "seed": seed, "full_train": full_train, **(extra_params or {})}  # the run's seed, not the file's
+    learner = distillation_task(student, teachers, train_split, data, cfg, cache=ctx.cache, task=task) if distilled else Supervised(student, task=task)
+    role = ctx.role or "student"
+    tags = shared_tags(cfg, method="distill" if distilled else "student", role=role, seed=seed, model=cfg.student.name,
+                       teacher_run_ids=[t.run_id for t in teachers])
+    params = {**flatten(cfg.model_dump(mode="json")), "seed": seed, "full_train": full_train}  # the run's seed, not the file's
     if not distilled:
         params = {k: v for k, v in params.items() if not k.startswith(("distill.", "teachers.", "train.", "baseline_train."))}
         params.update(flatten(train_cfg.model_dump(mode="json"), "train"))
-    name = run_name or f"{role}-seed{seed}"
-    ctx = tracker.run(cfg.tracking.experiment, name, tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) if tracker else _null_run()
-    with ctx as run:
-        if run is not None:
-            if on_run_start is not None:
-                on_run_start(run.run_id)
-            run.log_params(params)
-            _log_config(run, cfg, config_path)
+    name = ctx.run_name or f"{role}-seed{seed}"
+    with tracked_run(ctx, cfg, name=name, tags=tags, params=params) as run:
         history: History = fit(
             learner, train_split, train_cfg, seed=seed, val=None if full_train else data.val, augment=data.augment,
-            callbacks=[*_epoch_logger(run), *callbacks], progress=progress, desc=name,
+            callbacks=[*_epoch_logger(run), *callbacks], progress=ctx.progress, desc=name,
         )
         metrics = evaluate_run(
             student, data, cfg, teachers=[t.model for t in teachers],
@@ -273,26 +247,12 @@ def method_label(cfg: RunConfig) -> str:
     return f"distill+{name}" if cfg.compress_source == "distilled" else name
 
 
-def compress_run(
-    cfg: RunConfig,
-    data: DataBundle,
-    tracker: Tracker,
-    *,
-    seed: int,
-    teachers: Sequence[Teacher] = (),
-    role: str = "compress",
-    run_name: str | None = None,
-    parent_run_id: str | None = None,
-    extra_tags: dict[str, Any] | None = None,
-    extra_params: dict[str, Any] | None = None,
-    killed_on: Sequence[type[BaseException]] = (),
-    config_path: str | Path | None = None,
-    progress: bool = True,
-    cache: TeacherLogitCache | None = None,
-    on_run_start: Callable[[str], None] | None = None,
-) -> RunResult:
-    """One compression baseline as one MLflow run, measured like a distillation run:
-    the teacher (or a distilled or fresh student) compressed by ``cfg.compress``."""
+def compress_run(cfg: RunConfig, data: DataBundle, ctx: RunContext, *, seed: int, teachers: Sequence[Teacher] = ()) -> RunResult:
+    """One compression baseline as one run opened by :func:`research.runs.tracked_run` from ``ctx``
+    (role ``compress`` unless ``ctx.role``), measured like a distillation run: the teacher (or a
+    distilled or fresh student) compressed by ``cfg.compress``. With ``compress_source: distilled``
+    the student is first distilled in a run of its own (role ``distill_base``, same parent and
+    extra tags), whose id the compression run carries as ``base_run_id``."""
     from .compress import compress, compressed_deployment_metrics
 
     assert cfg.compress is not None
@@ -301,41 +261,41 @@ def compress_run(
     if cfg.compress_source == "teacher":
         base, base_run_id = teachers[0].model, teachers[0].run_id
     elif cfg.compress_source == "distilled":
-        distilled = train_student(cfg, data, tracker, seed=seed, teachers=teachers, role="distill_base", parent_run_id=parent_run_id,
-                                  run_name=f"{run_name or label}-base", progress=progress, cache=cache, log_model=False, log_weights=True,
-                                  extra_tags=extra_tags)
+        # The trial's params and run-start hook belong to the compression run, not to its base.
+        base_ctx = ctx.replace(role="distill_base", run_name=f"{ctx.run_name or label}-base", extra_params={}, on_run_start=None)
+        distilled = train_student(cfg, data, base_ctx, seed=seed, teachers=teachers, log_model=False, log_weights=True)
         base, base_run_id = distilled.model, distilled.run_id
     else:
         assert cfg.student is not None
         seed_everything(seed, cfg.train.deterministic)
         base = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
-    tags = {"method": label, "role": role, "dataset": cfg.data.dataset, "seed": seed, "compress_source": cfg.compress_source,
-            "base_run_id": base_run_id, "teacher_run_id": ",".join(t.run_id for t in teachers if t.run_id) or None,
-            "config_hash": config_hash(cfg), **(extra_tags or {})}
-    params = {**flatten(cfg.model_dump(mode="json")), "seed": seed, **(extra_params or {})}
-    with tracker.run(cfg.tracking.experiment, run_name or f"{label}-seed{seed}", tags=tags, parent_run_id=parent_run_id, killed_on=killed_on) as run:
-        if on_run_start is not None:
-            on_run_start(run.run_id)
-        run.log_params(params)
-        _log_config(run, cfg, config_path)
+    spec = cfg.teachers[0].model if cfg.compress_source == "teacher" else cfg.student  # None: a teacher from model_uri
+    role = ctx.role or "compress"
+    tags = shared_tags(cfg, method=label, role=role, seed=seed, model=spec.name if spec else None, teacher_run_ids=[t.run_id for t in teachers])
+    tags |= {"compress_source": cfg.compress_source, "base_run_id": base_run_id}
+    params = {**flatten(cfg.model_dump(mode="json")), "seed": seed}
+    with tracked_run(ctx, cfg, name=ctx.run_name or f"{label}-seed{seed}", tags=tags, params=params) as run:
         t0 = time.perf_counter()
         # Fine-tuning distils from ALL the teachers, as the distillation did (cfg.distill: objective,
         # weights, combine, logit cache), when the compressed model is a distilled student.
         ft_teachers = [t.model for t in teachers] if cfg.compress_source == "distilled" else []
         cm = compress(base, cfg.compress, data, seed=seed, finetune_cfg=cfg.train, teachers=ft_teachers, distill=cfg.distill,
-                      cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=progress)
+                      cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=ctx.progress)
         compress_time = time.perf_counter() - t0
         metrics = evaluate_run(cm.model, data, cfg, teachers=[t.model for t in teachers], teacher_weights=cfg.distill.teacher_weights,
                                combine=cfg.distill.combine, with_deployment=False)
-        metrics.update(compressed_deployment_metrics(cm, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads))
+        task = build_task(cfg.task)
+        metrics.update(compressed_deployment_metrics(cm, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads,
+                                                     example=lambda b: task.example_input(data.input_shape, b)))
         metrics.update(cm.extra)
         metrics["compress_time_s"] = compress_time
-        run.log_metrics(metrics)
-        run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.format.name})
-        run.log_deployable(cm)
-        if cfg.tracking.log_model and cm.format.whole_module:
-            run.log_model(cm.model, input_example=data.test.x[:2])
-    return RunResult(role, seed, run.run_id, metrics, cm.model)
+        if run is not None:
+            run.log_metrics(metrics)
+            run.set_tags({f"compress.{k}": v for k, v in cm.tags.items()} | {"format": cm.format.name})
+            run.log_deployable(cm)
+            if cfg.tracking.log_model and cm.format.whole_module:
+                run.log_model(cm.model, input_example=data.test.x[:2])
+    return RunResult(role, seed, run.run_id if run is not None else None, metrics, cm.model)
 
 
 def run_distillation(
@@ -353,13 +313,11 @@ def run_distillation(
     for t in teachers:
         if t.reused and t.run_id and not any(r.run_id == t.run_id for r in results):
             results.append(RunResult("teacher", -1, t.run_id, _finished_metrics(tracker, t.run_id)))
-    cache = TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
+    ctx = RunContext(tracker, config_path=config_path, progress=progress, cache=TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits"))
     for seed in seeds:
         if cfg.baseline:
-            results.append(train_student(cfg, data, tracker, seed=seed, config_path=config_path, progress=progress))
-        results.append(
-            train_student(cfg, data, tracker, seed=seed, teachers=teachers, role="distill", config_path=config_path, progress=progress, cache=cache)
-        )
+            results.append(train_student(cfg, data, ctx, seed=seed))
+        results.append(train_student(cfg, data, ctx.replace(role="distill"), seed=seed, teachers=teachers))
     return results
 
 
@@ -379,17 +337,3 @@ def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("test_accu
 
 def _finished_metrics(tracker: Tracker, run_id: str) -> dict[str, float]:
     return dict(tracker.get_run(run_id).data.metrics)
-
-
-def _log_config(run: RunHandle, cfg: RunConfig, config_path: str | Path | None) -> None:
-    if config_path is not None and Path(config_path).is_file():
-        run.log_artifact(config_path, "config")
-    run.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/resolved.yaml")
-
-
-class _null_run:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

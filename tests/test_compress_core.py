@@ -338,3 +338,39 @@ def test_calibration_batch_draws_distinct_rows_in_order():
     assert rows == want  # the seed's own draw, not another one
     assert torch.equal(calibration_batch(x, 4, seed=1), got)
     assert calibration_batch(x, 9, seed=3).shape == (9, 2)
+
+
+# ---------------------------------------------------------------- metrics ask the run's task
+
+
+def test_evaluate_compressed_asks_the_task_for_quality_metrics_and_the_latency_input():
+    """The quality keys are the task's (not classification's), and the latency input is the
+    task's example input, at batch sizes 1 and 256 as for a distillation run."""
+    from research.compress import compress, evaluate_compressed
+    from research.data import DataBundle, Split
+    from research.tasks import Task
+
+    class RowCounting(Task):  # not registered: evaluate_compressed takes a Task instance
+        def __init__(self):
+            self.example_batches = []
+
+        def evaluate(self, model, x, y, *, teacher_logits=None, batch_size=1024, ece_bins=15):
+            return {"rows": float(len(x)), "label_sum": float(y.sum())}
+
+        def example_input(self, input_shape, batch_size=1):
+            self.example_batches.append(batch_size)
+            return torch.zeros(batch_size, *input_shape)
+
+    g = torch.Generator().manual_seed(0)
+    split = lambda n, label: Split(torch.randn(n, 4, generator=g), torch.full((n,), label))  # noqa: E731
+    data = DataBundle(name="toy", train=split(10, 0), val=split(7, 1), test=split(5, 2), transfer=None, num_classes=3,
+                      input_shape=(4,), augment=None)
+    task = RowCounting()
+    cm = compress(nn.Linear(4, 3), "none", data, seed=0)
+    m = evaluate_compressed(cm, data, task=task, repeats=1)
+    assert {k: m[k] for k in ("val_rows", "val_label_sum", "test_rows", "test_label_sum")} == {
+        "val_rows": 7.0, "val_label_sum": 7.0, "test_rows": 5.0, "test_label_sum": 10.0}
+    assert "test_accuracy" not in m
+    assert sorted(set(task.example_batches)) == [1, 256]
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        evaluate_compressed(cm, data, task="nope", repeats=1)

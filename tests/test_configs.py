@@ -15,7 +15,7 @@ from research.models import build_model
 from .conftest import REPO
 
 STUDY_FILES = sorted((REPO / "studies").glob("*.yaml"))
-# Keys that only a study file has (research/config.py StudyConfig), and the comparison's own section.
+# Keys that only a study file has (research/config/study.py StudyConfig), and the comparison's own section.
 STUDY_KEYS = {"search", "sampler", "pruner", "objectives", "n_trials", "timeout_s", "storage", "enqueue", "keep_models"}
 # Input shapes written out by hand (MNIST-1D: 40 points; MNIST: 1 x 28 x 28 images).
 INPUT_SHAPES = {"mnist1d": (40,), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}

@@ -161,7 +161,7 @@ def test_distil_then_prune_finetunes_from_all_teachers_with_the_run_distill_conf
     Distiller without the teacher weights, the combine mode and the logit cache."""
     from research.config import RunConfig
     from research.distill import Distiller
-    from research.pipeline import Teacher, compress_run
+    from research.pipeline import RunContext, Teacher, compress_run
     from research.tracking import Tracker
 
     T, alpha, weights = 3.0, 0.3, [0.25, 0.75]
@@ -189,7 +189,7 @@ def test_distil_then_prune_finetunes_from_all_teachers_with_the_run_distill_conf
         return out
 
     monkeypatch.setattr(Distiller, "training_step", spy)
-    compress_run(cfg, _toy_bundle(), Tracker(), seed=0, teachers=[Teacher(t.eval(), None) for t in teachers], progress=False)
+    compress_run(cfg, _toy_bundle(), RunContext(Tracker(), progress=False), seed=0, teachers=[Teacher(t.eval(), None) for t in teachers])
 
     students = list(dict.fromkeys(s for s, *_ in seen))
     assert len(students) == 2  # the distilled base, then its pruned copy being fine-tuned

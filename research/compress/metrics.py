@@ -1,7 +1,7 @@
 """Metrics of a compressed model, measured as ``research.evaluate`` measures a distillation run.
 
-Quality comes from ``research.evaluate.predict`` + ``classification_metrics``
-unchanged. Deployment numbers keep the keys of
+Quality comes from the run's task (``research.tasks``: :meth:`Task.evaluate`, the
+metrics of a finished run, as ``pipeline.evaluate_run`` asks it), unchanged. Deployment numbers keep the keys of
 ``research.evaluate.deployment_metrics`` with two variants that a compressed
 model needs:
 
@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from research.data import DataBundle
-from research.evaluate import classification_metrics, measure_latency_ms, predict
+from research.evaluate import ExampleInput, measure_latency_ms
+from research.tasks import Task, build_task
 
 from .runtime import RuntimeModule
 
@@ -29,20 +30,18 @@ if TYPE_CHECKING:
     from .base import CompressedModel
 
 
-def latency_ms(model, input_shape: Sequence[int], *, batch_size: int, repeats: int = 30, threads: int = 1) -> float:
-    """CPU latency (median ms) in the runtime the model is deployed with."""
-    if isinstance(model, RuntimeModule):
-        return model.latency_ms(input_shape, batch_size=batch_size, repeats=repeats, threads=threads)
-    return measure_latency_ms(model, input_shape, batch_size=batch_size, repeats=repeats, threads=threads)
+def compressed_deployment_metrics(cm: "CompressedModel", input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1,
+                                  example: ExampleInput | None = None) -> dict[str, float]:
+    """The keys of ``research.evaluate.deployment_metrics``, measured for a compressed model.
 
-
-def compressed_deployment_metrics(cm: "CompressedModel", input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1) -> dict[str, float]:
-    """The keys of ``research.evaluate.deployment_metrics``, measured for a compressed model."""
+    ``example(batch_size)`` gives the latency input of a torch-module model (a task's
+    ``example_input``; default float noise [batch_size, *input_shape]); a runtime-backed model
+    (ONNX Runtime, ExecuTorch) is timed on its runtime's own float batch."""
     runs = [(1, repeats), (256, max(3, repeats // 3))]  # the batch sizes and repeats of deployment_metrics
     if isinstance(cm.model, RuntimeModule):
         b1, b256 = cm.model.latencies_ms(input_shape, runs, threads=threads)
     else:
-        b1, b256 = (measure_latency_ms(cm.model, input_shape, batch_size=b, repeats=r, threads=threads) for b, r in runs)
+        b1, b256 = (measure_latency_ms(cm.model, input_shape, batch_size=b, repeats=r, threads=threads, example=example) for b, r in runs)
     return {
         "params": float(cm.params),
         "params_nonzero": float(cm.params_nonzero),
@@ -58,18 +57,24 @@ def evaluate_compressed(
     cm: "CompressedModel",
     data: DataBundle,
     *,
+    task: Task | str = "classification",
     batch_size: int = 1024,
     ece_bins: int = 15,
     repeats: int = 30,
     threads: int = 1,
     with_deployment: bool = True,
 ) -> dict[str, float]:
-    """val_* and test_* quality metrics, the deployment metrics and ``cm.extra``."""
+    """``val_<m>`` and ``test_<m>`` for each metric ``m`` of ``task`` (a :class:`~research.tasks.Task`
+    or its registered name: :meth:`Task.evaluate`, e.g. accuracy, errors, nll, ece for
+    classification), the deployment metrics (latency on ``task.example_input``) and ``cm.extra``.
+    Raises ValueError for an unknown task name."""
+    task = build_task(task) if isinstance(task, str) else task
     out: dict[str, float] = {}
     for name, split in (("val", data.val), ("test", data.test)):
-        logits = predict(cm.model, split.x, batch_size=batch_size)
-        out.update({f"{name}_{k}": v for k, v in classification_metrics(logits, split.y, ece_bins=ece_bins).items()})
+        m = task.evaluate(cm.model, split.x, split.y, batch_size=batch_size, ece_bins=ece_bins)
+        out.update({f"{name}_{k}": v for k, v in m.items()})
     if with_deployment:
-        out.update(compressed_deployment_metrics(cm, data.input_shape, repeats=repeats, threads=threads))
+        out.update(compressed_deployment_metrics(cm, data.input_shape, repeats=repeats, threads=threads,
+                                                 example=lambda b: task.example_input(data.input_shape, b)))
     out.update(cm.extra)
     return out

@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial
 
 from ..config import StudyConfig, apply_overrides, parse
 from ..distill import TeacherLogitCache
-from ..pipeline import Teacher, compress_run, train_student
+from ..pipeline import RunContext, Teacher, compress_run, train_student
 from ..tasks import Task, build_task
 from ..tracking import Tracker
 from .faults import heartbeat
@@ -121,20 +121,18 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
     def run_trial(trial: optuna.Trial):
         values = encoder.suggest(trial)
         tcfg = trial_config(cfg, values)
-        common = dict(
-            seed=cfg.seed, teachers=ctx.teachers, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
+        run_ctx = RunContext(
+            ctx.tracker, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
             extra_tags={"study": ctx.study.study_name, "trial_number": trial.number, "enqueued": bool(trial.user_attrs.get("enqueued"))},
             extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
-            progress=ctx.progress, cache=ctx.cache, on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id),
+            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id), progress=ctx.progress, cache=ctx.cache,
         )
         if tcfg.compress is not None:  # a compression baseline's knobs are searched
-            result = compress_run(tcfg, ctx.data, ctx.tracker, **common)
+            result = compress_run(tcfg, ctx.data, run_ctx, seed=cfg.seed, teachers=ctx.teachers)
             return _objective_values(cfg, result.metrics)
         callbacks = [] if ctx.multi_objective or cfg.pruner.name == "none" else [_pruning_callback(trial, target)]
-        result = train_student(
-            tcfg, ctx.data, ctx.tracker, **common, callbacks=callbacks, log_model=False,
-            log_weights=True,  # the best few become MLflow models when the study ends
-        )
+        result = train_student(tcfg, ctx.data, run_ctx, seed=cfg.seed, teachers=ctx.teachers, callbacks=callbacks,
+                               log_model=False, log_weights=True)  # the best few become MLflow models when the study ends
         for k in ("tracking_time_s", "train_time_s", f"test_{task.validation_metric}"):
             trial.set_user_attr(k, result.metrics.get(k))
         return _objective_values(cfg, result.metrics)

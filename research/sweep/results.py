@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..config import StudyConfig
 from ..distill import TeacherLogitCache
-from ..pipeline import load_run_data, obtain_teachers, train_student
+from ..pipeline import RunContext, load_run_data, obtain_teachers, train_student
 from ..stats import best_first, mean_std, state_counts
 from ..tasks import build_task
 from ..tracking import Tracker
@@ -112,10 +112,10 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
         tcfg = trial_config(cfg, trial_values(trial, cfg))
         scores = []
         for seed in seeds:
-            r = train_student(tcfg, data, tracker, seed=seed, teachers=teachers, role=f"final_{label}", run_name=f"final-{label}-seed{seed}",
-                              parent_run_id=parent_id, full_train=True, progress=progress, cache=cache,
-                              extra_tags={"study": study.study_name, "from_trial": trial.number},
-                              extra_params={f"trial.{k}": v for k, v in trial.params.items()})
+            run_ctx = RunContext(tracker, role=f"final_{label}", run_name=f"final-{label}-seed{seed}", parent_run_id=parent_id,
+                                 extra_tags={"study": study.study_name, "from_trial": trial.number},
+                                 extra_params={f"trial.{k}": v for k, v in trial.params.items()}, progress=progress, cache=cache)
+            r = train_student(tcfg, data, run_ctx, seed=seed, teachers=teachers, full_train=True)
             scores.append(r.metrics[metric])
         mean, std = mean_std(scores)
         stats = {f"{metric}_mean": mean, f"{metric}_std": std, "seeds": float(len(scores)), "trial": float(trial.number)}

@@ -1,0 +1,319 @@
+"""A run config (:class:`RunConfig`) and its sections: data, models, teachers, training,
+distillation, evaluation, tracking, and the ``compress:`` section.
+
+Each method's own knobs live next to the method, not here: a distillation objective's
+knobs beyond the four shared ones (``distill.args``) are checked against its signature
+(:mod:`research.distill.objectives`); a compression method's config is its subclass of
+:class:`MethodConfig`, in its own module of :mod:`research.compress.methods`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Mapping
+
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, field_validator, model_validator
+from pydantic_core import core_schema
+
+from ..data import DATASETS, check_data_available
+from ..distill.objectives import available_objectives, objective_knob_names, validate_objective_args
+from ..models import validate_model_args
+from ..tasks import available_tasks
+from .base import ConfigError, Strict, TaggedUnion, apply_overrides, config_hash, parse, read_yaml
+
+
+class ModelSpec(Strict):
+    """An architecture by registry name, with its size arguments."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelSpec":
+        validate_model_args(self.name, self.args)
+        return self
+
+
+class DataConfig(Strict):
+    dataset: str = "mnist1d"
+    root: str = "data"  # torchvision datasets live under root (e.g. ../shared/data)
+    cache_dir: str = ".cache"  # generated MNIST-1D and teacher logits
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0
+    transfer_size: int = Field(0, ge=0)  # extra unlabeled samples (MNIST-1D only), soft-labelled by the teacher
+    transfer_seed: int = 1
+    augment: bool = False
+    download: bool = False
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(DATASETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataConfig":
+        if self.transfer_size and self.dataset != "mnist1d":
+            raise ValueError("transfer_size is only available for mnist1d (it generates fresh samples)")
+        if self.augment and self.dataset == "mnist1d":
+            raise ValueError("augment is not defined for mnist1d")
+        if self.transfer_seed == 42 and self.transfer_size:
+            raise ValueError("transfer_seed 42 is the seed of MNIST-1D's own samples; pick another")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(100, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(1e-2, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(10, ge=1)  # step schedule: epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
+
+
+class TeacherConfig(Strict):
+    """A teacher trained here from ``model`` + ``train``, or taken from MLflow (``model_uri``)."""
+
+    model: ModelSpec | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+    augment: bool | None = None  # None: as data.augment; true e.g. for Hinton's jittered teacher
+    model_uri: str | None = None  # e.g. runs:/<run_id>/model or models:/name/1
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TeacherConfig":
+        if (self.model is None) == (self.model_uri is None):
+            raise ValueError("give exactly one of model (train it here) or model_uri (an MLflow model)")
+        return self
+
+
+def teacher_augment_flag(teacher: TeacherConfig, data: DataConfig) -> bool:
+    return data.augment if teacher.augment is None else teacher.augment
+
+
+# ---------------------------------------------------------------- the compress: section
+
+
+class MethodConfig(Strict):
+    """The knobs of one compression method: the ``compress:`` section of a run config.
+
+    Each method registered in :mod:`research.compress` (``@register_method``) has
+    its own subclass, with ``method: Literal["<name>"]`` and only the knobs that
+    method reads; a section is validated by the class its ``method`` picks (a
+    union discriminated on ``method``, see :data:`CompressConfig`), so a knob of
+    another method (``compress.rank`` for ``prune``) is an unknown key naming the field.
+    """
+
+    method: str
+    # What a method can compress (``compress_source``): transfer trains a fresh student only.
+    sources: ClassVar[tuple[str, ...]] = ("teacher", "distilled", "student")
+
+    @classmethod
+    def claims(cls, raw: Mapping[str, Any]) -> bool:
+        """Whether the raw mapping ``raw`` is this method's config (default: its ``method`` is
+        this class's ``method`` value; ``method`` defaults to ``prune``, as it always has)."""
+        return raw.get("method", DEFAULT_METHOD) == cls.model_fields["method"].default
+
+
+DEFAULT_METHOD = "prune"  # a compress: section without a method has meant pruning since the first release
+
+
+class _RegisteredMethods(TaggedUnion):
+    """``Annotated`` marker: a ``compress:`` section is validated by the config class of the
+    registered method that claims it (``research.compress.registry.validate_method_config``),
+    looked up when validating, so a method registered at any time is known. An error's
+    location carries the method's name after the field (``compress.prune.rank``)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        return core_schema.no_info_plain_validator_function(_validate_method_config)
+
+    def member(self, tag: str) -> type[BaseModel] | None:
+        """The config class of the method registered as ``tag`` (None if there is none)."""
+        from ..compress.registry import METHODS
+
+        cls = METHODS.get(tag)
+        return cls.config if cls is not None else None
+
+
+def _validate_method_config(value: Any) -> "MethodConfig":
+    from ..compress.registry import validate_method_config  # imports the methods, which import this module
+
+    return validate_method_config(value)
+
+
+# A compress: section: one registered method's config, chosen by its ``method`` (a ``MethodConfig``).
+CompressConfig = Annotated[MethodConfig, _RegisteredMethods()]
+
+
+class DistillConfig(Strict):
+    """How the student learns from its teachers: a registered objective and its knobs.
+
+    ``objective`` names one of ``research.distill.objectives`` (default ``kd``).
+    The shared knobs ``temperature``, ``alpha``, ``teacher_weights`` and
+    ``combine`` stay top-level (study files, search keys such as
+    ``distill.temperature`` and ``--set distill.alpha=...`` use them) and reach the
+    objective when its signature has them; setting one the objective lacks is an
+    error. The objective's other knobs go under ``args`` and are checked against
+    its signature (see the objectives module docstring for why this shape).
+    """
+
+    SHARED_KNOBS: ClassVar[tuple[str, ...]] = ("temperature", "alpha", "teacher_weights", "combine")
+
+    objective: str = "kd"
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.1, ge=0, le=1)  # weight of the hard-label term
+    teacher_weights: list[float] | None = None
+    combine: Literal["probs", "logits"] = "probs"
+    cache_teacher_logits: bool = True
+    args: dict[str, Any] = Field(default_factory=dict)  # the objective's own knobs beyond the shared ones
+
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        if v not in available_objectives():
+            raise ValueError(f"unknown objective {v!r}; available: {', '.join(available_objectives())}")
+        return v
+
+    @field_validator("teacher_weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        if any(w < 0 for w in v):
+            raise ValueError(f"teacher weights must be non-negative, got {v}")
+        if sum(v) <= 0:
+            raise ValueError(f"teacher weights must not all be zero, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _objective_knobs(self) -> "DistillConfig":
+        accepted = objective_knob_names(self.objective)
+        for k in self.args:
+            if k in self.SHARED_KNOBS:
+                raise ValueError(f"args.{k}: set it as distill.{k}, not under args")
+            if k not in accepted:
+                own = [a for a in accepted if a not in self.SHARED_KNOBS]
+                raise ValueError(f"args.{k}: objective {self.objective!r} has no knob {k!r}; "
+                                 f"its knobs under args: {', '.join(own) or '(none)'}")
+        for k in self.SHARED_KNOBS:
+            default = type(self).model_fields[k].default
+            if k not in accepted and getattr(self, k) != default:
+                raise ValueError(f"{k}: objective {self.objective!r} has no knob {k!r} (leave it at {default!r}); "
+                                 f"its knobs: {', '.join(accepted) or '(none)'}")
+        validate_objective_args(self.objective, self.objective_knobs())
+        return self
+
+    def objective_knobs(self) -> dict[str, Any]:
+        """The keyword arguments of the objective: the shared knobs it accepts, then ``args``."""
+        accepted = objective_knob_names(self.objective)
+        return {**{k: getattr(self, k) for k in self.SHARED_KNOBS if k in accepted}, **self.args}
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(1024, ge=1)
+    latency_repeats: int = Field(30, ge=1)
+    latency_threads: int = Field(1, ge=1)  # fixed so latency figures compare across runs
+    ece_bins: int = Field(15, ge=2)
+
+
+class TrackingConfig(Strict):
+    experiment: str = "default"
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
+    log_model: bool = True  # students' models; a teacher's model is always logged (it is reused from there)
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    seed: int = 0
+    task: str = "classification"  # a registered research.tasks name: what a batch is and how a model is scored
+    data: DataConfig = Field(default_factory=DataConfig)
+    teachers: list[TeacherConfig] = Field(default_factory=list)
+    student: ModelSpec | None = None
+    train: TrainConfig = Field(default_factory=TrainConfig)  # the student's training
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    baseline: bool = True  # also train the student alone on the labels, for comparison
+    baseline_train: TrainConfig | None = None  # the student alone's training, when it differs from `train`
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # A compression baseline instead of distillation (`research compress`, or a study over its knobs).
+    compress: CompressConfig | None = None
+    # What is compressed: the (first) teacher, a student distilled first (distil then compress),
+    # or a fresh student (for transfer: pretrained on a source task, fine-tuned here).
+    compress_source: Literal["teacher", "distilled", "student"] = "teacher"
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        # It names the runs, the study and its MLflow experiment; Optuna and MLflow fail late on "".
+        if not v.strip():
+            raise ValueError("must not be empty (it names the runs, or the study and its experiment)")
+        return v
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in available_tasks():
+            raise ValueError(f"unknown task {v!r}; available: {', '.join(available_tasks())}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        for i, t in enumerate(self.teachers):
+            if t.augment and self.data.dataset == "mnist1d":
+                raise ValueError(f"teachers.{i}.augment: no augmentation is defined for mnist1d")
+        if self.compress is not None:
+            if self.compress_source in ("distilled", "student") and self.student is None:
+                raise ValueError(f"compress_source: {self.compress_source} needs a student model")
+            if self.compress_source in ("teacher", "distilled") and not self.teachers:
+                raise ValueError(f"compress_source: {self.compress_source} needs a teacher")
+            sources = type(self.compress).sources
+            if self.compress_source not in sources:
+                raise ValueError(f"compress_source: {self.compress_source} cannot be used with compress.method "
+                                 f"{self.compress.method}; use {' or '.join(sources)}")
+        w = self.distill.teacher_weights
+        if w is not None and len(w) != len(self.teachers):
+            raise ValueError(f"distill.teacher_weights has {len(w)} values for {len(self.teachers)} teachers")
+        return self
+
+
+def teacher_key(teacher: TeacherConfig, data: DataConfig) -> str:
+    """What makes a trained teacher reusable: its model, training, seed and the data it saw."""
+    data_part = data.model_dump(exclude={"cache_dir", "transfer_size", "transfer_seed", "download", "root", "augment"})
+    teacher_part = {**teacher.model_dump(mode="json"), "augment": teacher_augment_flag(teacher, data)}
+    return config_hash({"teacher": teacher_part, "data": data_part})
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> RunConfig:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    cfg = parse(RunConfig, raw, source=str(path))
+    if check_files:
+        check_run_files(cfg)
+    return cfg
+
+
+def check_run_files(cfg: RunConfig) -> None:
+    """The data a run needs must be there (or downloadable) before anything starts."""
+    try:
+        check_data_available(cfg.data.dataset, root=cfg.data.root, download=cfg.data.download)
+    except FileNotFoundError as e:
+        raise ConfigError(f"data.root: {e}") from None
+
+
+def load_named(model: type[RunConfig], path: str | Path, overrides: list[str] | None, check_files: bool):
+    """A study or comparison file: its MLflow experiment is its name unless given."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw.setdefault("tracking", {})
+    if isinstance(raw["tracking"], dict) and "experiment" not in raw["tracking"] and "name" in raw:
+        raw["tracking"]["experiment"] = raw["name"]
+    cfg = parse(model, raw, source=str(path))
+    if check_files:
+        check_run_files(cfg)
+    return cfg

@@ -1,0 +1,164 @@
+"""A study config (:class:`StudyConfig`): a run config plus what to search (the search space,
+read by :mod:`research.sweep.space`), how (sampler, pruner), what to optimise (objectives)
+and for how long."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..models import validate_model_args
+from ..sweep.space import Choice, FloatRange, IntRange, SearchEncoder, SearchSpace, SpaceError  # noqa: F401  (re-exported)
+from ..tasks import build_task
+from .base import Strict, flatten
+from .run import RunConfig, load_named
+
+
+class SamplerConfig(Strict):
+    name: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    seed: int | None = 0
+    grid: dict[str, list[float | int | str]] | None = None  # for name: grid, e.g. {temperature: [1, 4, 20]}
+
+    @model_validator(mode="after")
+    def _grid(self) -> "SamplerConfig":
+        if self.name == "grid" and not self.grid:
+            raise ValueError("the grid sampler needs grid: {param: [values, ...]}")
+        if self.name != "grid" and self.grid:
+            raise ValueError(f"grid values are only used by the grid sampler, not {self.name!r}")
+        return self
+
+
+class PrunerConfig(Strict):
+    name: Literal["median", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(5, ge=0)
+    n_warmup_steps: int = Field(3, ge=0)  # epochs before a trial may be pruned
+
+
+# Run metrics that measure the model's cost (research.evaluate.deployment_metrics): lower is better.
+COST_METRICS = ("params", "params_nonzero", "size_bytes", "latency_b1_ms", "latency_b256_ms", "flops")
+
+
+class Objective(Strict):
+    """One metric a study optimises: a validation metric of the run's task (``val_<name>``,
+    e.g. ``val_accuracy``) or a cost (COST_METRICS). ``direction`` may be left out for the
+    task's validation metric (the task's direction) and for costs (minimize); the study
+    config fills it in and checks the metric against its task."""
+
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _not_test(cls, v: str) -> str:
+        if v.startswith("test_"):
+            raise ValueError(f"{v!r}: the test set never steers the search; use a val_ metric")
+        return v
+
+
+class StudyConfig(RunConfig):
+    """A run config plus what to search, how, and for how long.
+
+    ``search`` is read by ``research.sweep.space`` (:meth:`search_encoder`): the one
+    place that maps Optuna parameters to config keys. ``objectives`` defaults to the
+    task's validation metric and direction."""
+
+    search: SearchSpace = Field(default_factory=SearchSpace)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
+    objectives: list[Objective] = Field(default_factory=list, min_length=1)  # default (empty): the task's validation metric
+    n_trials: int = Field(20, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    storage: str | None = None  # None: the journal file mlruns/optuna/journal.log
+    # Points run first (published defaults), by parameter name or config key, e.g. {temperature: 4.0, alpha: 0.1}.
+    enqueue: list[dict[str, Any]] = Field(default_factory=lambda: [{"temperature": 4.0, "alpha": 0.1}])
+    keep_models: int = Field(3, ge=0)  # best trials whose student is logged as an MLflow model
+    baseline: bool = False  # studies compare trials, not the student alone
+
+    @model_validator(mode="after")
+    def _study(self) -> "StudyConfig":
+        if self.compress is None and self.student is None:
+            raise ValueError("student: a distillation study needs a student model")
+        if self.compress is None and not self.teachers:
+            raise ValueError("teachers: a distillation study needs at least one teacher")
+        self.__dict__["objectives"] = self._checked_objectives()
+        if self.search.teacher_weights and len(self.teachers) < 2:
+            raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
+        base = flatten(self.model_dump(mode="json"))
+        for key in self.search.params:
+            if not self._searchable(key, base):
+                raise ValueError(f"search.params.{key}: not a searchable config key (e.g. train.lr, train.weight_decay, student.args.widths)")
+        encoder = self.search_encoder()  # SpaceError (a ValueError naming the field) on a bad condition
+        names = encoder.names
+        if not names:
+            raise ValueError("search: nothing to search; give temperature, alpha, teacher_weights or params")
+        if len(self.objectives) > 1 and self.pruner.name != "none":
+            raise ValueError("pruner: pruning needs a single objective; set pruner.name: none for multi-objective studies")
+        if self.sampler.grid:
+            unknown = set(self.sampler.grid) - set(names)
+            if unknown:
+                raise ValueError(f"sampler.grid: {', '.join(sorted(unknown))} not searched; searched: {', '.join(names)}")
+            missing = [n for n in names if n not in self.sampler.grid]
+            if missing:  # Optuna's GridSampler fails the first trial that draws one
+                raise ValueError(f"sampler.grid: no values for {', '.join(missing)} (the grid sampler needs every searched parameter)")
+        if "enqueue" not in self.model_fields_set:  # the published defaults, where they were searched
+            self.__dict__["enqueue"] = [p for p in self.enqueue if all(encoder.dimension(k) is not None for k in p)]
+        points = []
+        for i, point in enumerate(self.enqueue):
+            try:
+                points.append(encoder.check_point(point))
+            except SpaceError as e:
+                raise ValueError(f"enqueue.{i}.{e.name}: {e.reason}" if e.name else f"enqueue.{i}: {e.reason}") from None
+        self.__dict__["enqueue"] = points  # numbers as their range's type: 4 and 4.0 are one study
+        return self
+
+    def _checked_objectives(self) -> list[Objective]:
+        """The objectives with their directions filled in; the task says which validation
+        metrics exist and the direction of its own."""
+        task = build_task(self.task)
+        own = f"val_{task.validation_metric}"
+        if not self.objectives:
+            return [Objective(metric=own, direction=task.direction)]
+        allowed = [f"val_{m}" for m in (*task.metric_names, *task.teacher_metric_names)] + list(COST_METRICS)
+        out = []
+        for i, o in enumerate(self.objectives):
+            if o.metric not in allowed:
+                raise ValueError(f"objectives.{i}.metric: unknown objective metric {o.metric!r} for task {self.task!r}; "
+                                 f"choose from {', '.join(allowed)}")
+            direction = o.direction or (task.direction if o.metric == own else "minimize" if o.metric in COST_METRICS else None)
+            if direction is None:
+                raise ValueError(f"objectives.{i}.direction: give maximize or minimize for {o.metric}")
+            out.append(Objective(metric=o.metric, direction=direction))
+        return out
+
+    def _searchable(self, key: str, base: dict[str, Any]) -> bool:
+        if key.startswith(("search.", "sampler.", "pruner.", "objectives.", "tracking.", "data.", "enqueue.")):
+            return False
+        if key in base or any(k.startswith(key + ".") for k in base):
+            return True
+        if key.startswith("student.args.") and self.student is not None and key.count(".") == 2:
+            try:  # a size argument the student's model accepts, left at its default in the file
+                validate_model_args(self.student.name, {key.rsplit(".", 1)[1]: None})
+            except ValueError:
+                return False
+            return True
+        return False
+
+    def search_encoder(self) -> SearchEncoder:
+        """The encoder between this study's Optuna parameters and config overrides
+        (research.sweep.space); SpaceError when a condition is invalid."""
+        return SearchEncoder.of(self.search, len(self.teachers))
+
+    def searched_names(self) -> list[str]:
+        """The Optuna parameter names a trial may store, in drawing order."""
+        return self.search_encoder().names
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+
+
+def load_study_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> StudyConfig:
+    return load_named(StudyConfig, path, overrides, check_files)
