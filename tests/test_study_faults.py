@@ -442,3 +442,18 @@ def test_four_workers_share_a_postgresql_study_and_log_to_a_real_mlflow_server(t
         with engine.begin() as c:
             c.execute(sa.text(f"drop schema if exists {schema} cascade"))
         engine.dispose()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("command", [["study", "run"], ["distill"], ["train-teacher"]])
+@pytest.mark.parametrize("name", ['""', "'   '"])
+def test_an_empty_name_exits_2_in_one_line_and_writes_nothing(command, name, tmp_path, monkeypatch, capsys):
+    chdir_to(monkeypatch, tmp_path)
+    (tmp_path / "s.yaml").write_text(f"name: {name}\ndata: {{dataset: mnist1d}}\nteachers: [{{model: {{name: mnist1d_cnn}}}}]\n"
+                                     "student: {name: mnist1d_mlp}\n")
+    assert main([*command, "s.yaml", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name: must not be empty" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no journal, no mlruns, no cache
