@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the MLflow UI over the tracking store on 127.0.0.1; Ctrl-C stops it.")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+
+    p = sub.add_parser("server", help="an MLflow tracking server that workers on several machines log to over HTTP",
+                       description="Start `mlflow server` over a database (PostgreSQL for several machines) with artifacts "
+                                   "proxied into a folder; workers then set MLFLOW_TRACKING_URI=http://HOST:PORT. Ctrl-C stops it.")
+    p.add_argument("--backend-store-uri", required=True, help="e.g. postgresql://user:pw@db/mlflow (its own database or schema)")
+    p.add_argument("--artifacts", default="mlruns/server-artifacts", help="folder (or URI) for the artifacts (default: mlruns/server-artifacts)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other machines)")
     return parser
 
 
@@ -119,11 +127,15 @@ def _add_study_parsers(sub) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .signals import exit_code, interrupt_on_signals
+
     try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        # SIGTERM/SIGHUP clean up as Ctrl-C does (runs KILLED, trials closed); a second signal exits at once.
+        with interrupt_on_signals():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e})" if str(e) else "interrupted", file=sys.stderr)
+        return exit_code(e)
     except Exception as e:
         # A model that does not fit the data (classes, a tuple output without teachers.N.output) is
         # bad input, found by the pipeline before anything trains. Looked up, not imported: the
@@ -240,7 +252,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
-    from .tracking import default_tracking_uri, start_ui, stop_ui, wait_for_ui
+    from .tracking import default_tracking_uri, mask_url, start_ui, stop_ui, wait_for_ui
 
     uri = default_tracking_uri()
     proc = start_ui(uri, args.host, args.port)
@@ -248,7 +260,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         if wait_for_ui(proc, args.host, args.port):
-            print(f"MLflow UI at http://{args.host}:{args.port} over {uri}  (Ctrl-C stops it)", flush=True)
+            print(f"MLflow UI at http://{args.host}:{args.port} over {mask_url(uri)}  (Ctrl-C stops it)", flush=True)
         else:
             return _fail(f"the MLflow UI did not start on {args.host}:{args.port} (is the port in use?)", 1)
         return proc.wait()
@@ -257,6 +269,22 @@ def cmd_ui(args: argparse.Namespace) -> int:
     finally:
         stop_ui(proc)
         print("MLflow UI stopped", flush=True)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from .tracking import mask_url, start_server, stop_ui, wait_for_ui
+
+    proc = start_server(args.backend_store_uri, args.artifacts, args.host, args.port)
+    try:
+        if not wait_for_ui(proc, args.host, args.port):
+            return _fail(f"the MLflow server did not start on {args.host}:{args.port} over {mask_url(args.backend_store_uri)}", 1)
+        print(f"MLflow server at http://{args.host}:{args.port} over {mask_url(args.backend_store_uri)}; "
+              f"workers: export MLFLOW_TRACKING_URI=http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (research.signals)
+        return 0
+    finally:
+        stop_ui(proc)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -290,7 +318,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _print_ui_hint(tracker) -> None:
-    uri = tracker.uri
+    from .tracking import mask_url
+
+    uri = mask_url(tracker.uri)
     if uri.startswith("sqlite:///"):
         rel = os.path.relpath(uri.removeprefix("sqlite:///"))
         uri = f"sqlite:///{rel}"
@@ -321,6 +351,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except _study_errors() as e:
         return _fail(str(e))
+    except _worker_error() as e:  # not bad input: exit 1, still one line
+        return _fail(str(e), 1)
     raise AssertionError(action)
 
 
@@ -328,6 +360,12 @@ def _study_errors():
     from .sweep import StudyError
 
     return (StudyError,)
+
+
+def _worker_error():
+    from .sweep import WorkerError
+
+    return WorkerError
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -353,6 +391,7 @@ def _study_run(args: argparse.Namespace) -> int:
 
     check_models(cfg, load_run_data(cfg, progress=False), tracker)  # models that do not fit the data: before the study exists
     study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
+    _recover(study, tracker)
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
                               timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)
 
@@ -365,15 +404,28 @@ def _study_resume(args: argparse.Namespace) -> int:
 
     storage = sweep.storage_url(args.storage)
     study, cfg = sweep.load_existing(args.name, storage)
+    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
+    _recover(study, tracker)  # before counting: a dead worker's trial is lost, not finished
     done = sweep.count_finished(study)
     n = args.n_trials or cfg.n_trials - done
     if n <= 0:
         print(f"study {args.name!r} already has {done} finished trials of its {cfg.n_trials}; use --n-trials N to run more")
         return 0
-    tracker = Tracker(study.user_attrs.get(sweep.ATTR_TRACKING_URI) or cfg.tracking.uri)
     tracker.reopen(study.user_attrs[sweep.ATTR_PARENT])
     print(f"resuming {args.name!r}: {done} finished trials kept, {n} more to run")
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers, timeout=args.timeout, progress=not args.no_progress)
+
+
+def _recover(study, tracker) -> None:
+    from . import sweep
+
+    done = sweep.recover(study, tracker)
+    if done.failed:
+        print(f"failed {len(done.failed)} trial(s) whose worker is gone: {done.failed}", file=sys.stderr)
+    if done.runs_closed:
+        print(f"closed {len(done.runs_closed)} MLflow run(s) left RUNNING by them (FAILED)", file=sys.stderr)
+    if done.requeued:
+        print(f"enqueued again the default(s) lost with trial(s) {done.requeued}", file=sys.stderr)
 
 
 def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress) -> int:
@@ -400,8 +452,9 @@ def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeo
 
 def _storage_flag(storage: str) -> str:
     from .sweep import DEFAULT_JOURNAL
+    from .tracking import mask_url
 
-    return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {storage}"
+    return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {mask_url(storage)}"
 
 
 def _study_list(args: argparse.Namespace) -> int:
@@ -431,7 +484,7 @@ def _study_finalize(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "compress": cmd_compress, "compare": cmd_compare,
-            "study": cmd_study, "ui": cmd_ui}
+            "study": cmd_study, "ui": cmd_ui, "server": cmd_server}
 
 
 if __name__ == "__main__":

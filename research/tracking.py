@@ -28,6 +28,8 @@ import mlflow.pytorch
 from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
+from .process import process_identity
+
 # MLflow warns on every pickle-format save; we choose pickle on purpose (see RunHandle.log_model).
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
 # Artifact download bars would interleave with the training bars.
@@ -35,7 +37,25 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 DEFAULT_DIR = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
+PROCESS_TAG = "process"  # process.host, process.pid, process.start: who owns a run
 MAX_PARAM_LEN = 6000
+
+
+# user:password@ in a URL's authority (postgresql://u:pw@host/db, https://u:pw@host); the password
+# may hold anything but '@', '/' and whitespace once the URL is written out.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)(?P<password>[^@/\s]+)(?P<tail>@)")
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (``postgresql://u:***@host/db``);
+    anything without one is returned as is. Use it wherever a URL is printed or logged."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}{m['tail']}", url)
+
+
+def mask_secrets(text: str) -> str:
+    """Every URL password in a free text (a config file, an error message) masked as by mask_url."""
+    return mask_url(text)
 
 
 def default_tracking_uri() -> str:
@@ -108,7 +128,7 @@ def _store_errors(method):
             if reason is None:
                 raise
             uri = getattr(self, "uri", None) or getattr(getattr(self, "client", None), "tracking_uri", None) or "(unknown)"
-            uri = re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)  # never a password in a message
+            uri = mask_url(uri)  # never a password in a message
             raise TrackingWriteError(f"cannot write to the tracking store {uri}: {reason} "
                                      "(free disk space or make it writable, or give another tracking.uri)") from e
 
@@ -155,17 +175,23 @@ class RunHandle:
 
     @_timed
     def set_tags(self, tags: dict[str, Any]) -> None:
-        items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        items = [RunTag(k, mask_secrets(str(v))) for k, v in tags.items() if v is not None]
         if items:
             self.client.log_batch(self.run_id, tags=items, synchronous=True)
 
     @_timed
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.suffix in _TEXT_SUFFIXES and path.is_file():
+            text = path.read_text(errors="replace")
+            if mask_secrets(text) != text:  # a config file with a password in a URL: log it masked
+                self.client.log_text(self.run_id, mask_secrets(text), f"{artifact_path}/{path.name}" if artifact_path else path.name)
+                return
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     @_timed
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, mask_secrets(text), artifact_file)
 
     @_timed
     def log_figure(self, figure: Any, artifact_file: str) -> None:
@@ -264,7 +290,9 @@ class Tracker:
     @_store_errors
     def start(self, experiment: str, run_name: str, *, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> RunHandle:
         exp_id = self.experiment_id(experiment)
-        all_tags = {"mlflow.source.git.commit": git_commit(), **(tags or {})}
+        # The process that owns the run: a run left RUNNING by a dead one can be told from a live one's.
+        me = process_identity()
+        all_tags = {"mlflow.source.git.commit": git_commit(), **{f"{PROCESS_TAG}.{k}": v for k, v in me.items()}, **(tags or {})}
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
@@ -273,6 +301,18 @@ class Tracker:
     @_store_errors
     def end(self, handle: RunHandle, status: str = "FINISHED") -> None:
         self.client.set_terminated(handle.run_id, status)
+
+    @staticmethod
+    def run_process(run) -> dict[str, str]:
+        """The {host, pid, start} recorded on a run by start() (empty for runs made elsewhere)."""
+        prefix = f"{PROCESS_TAG}."
+        return {k.removeprefix(prefix): v for k, v in run.data.tags.items() if k.startswith(prefix)}
+
+    def close_run(self, run_id: str, status: str, tags: dict[str, str]) -> None:
+        """End a run another process left open (it died): ``tags`` say why, then ``status``."""
+        handle = self.handle(run_id)
+        self._safe_tag(handle, tags)
+        self.end(handle, status)
 
     def handle(self, run_id: str) -> RunHandle:
         """A handle on an existing run (e.g. a study's parent run from another process)."""
@@ -315,7 +355,7 @@ class Tracker:
             raise
         except BaseException as e:
             self._safe_tag(handle, {"error": _one_line(e), "error_type": type(e).__name__})
-            self._safe_text(handle, traceback.format_exc(), "error.txt")
+            self._safe_text(handle, traceback.format_exc(), "error.txt")  # masked by log_text
             self._safe_end(handle, "FAILED")
             raise
         else:
@@ -375,6 +415,19 @@ def start_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> subprocess.
     return subprocess.Popen(cmd, start_new_session=True, env=env)
 
 
+def start_server(backend_uri: str, artifacts: str | Path, host: str = "127.0.0.1", port: int = 5000, *, workers: int = 2) -> subprocess.Popen:
+    """``mlflow server`` for several machines: runs in ``backend_uri`` (PostgreSQL, e.g.
+    ``postgresql://u:pw@db/mlflow``), artifacts proxied over HTTP into ``artifacts`` (a folder
+    or a URI), so workers need only ``MLFLOW_TRACKING_URI=http://host:port``. Its own process
+    group; stop it with stop_ui, wait for it with wait_for_ui."""
+    art = Path(artifacts).resolve().as_uri() if "://" not in str(artifacts) else str(artifacts)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri, "--artifacts-destination", art,
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return subprocess.Popen(cmd, start_new_session=True, env=env)
+
+
 def wait_for_ui(proc: subprocess.Popen, host: str, port: int, timeout_s: float = 90.0) -> bool:
     import urllib.request
 
@@ -405,13 +458,16 @@ def stop_ui(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         proc.wait()
 
 
+_TEXT_SUFFIXES = {".yaml", ".yml", ".json", ".txt", ".md", ".toml", ".cfg", ".ini"}
+
+
 def _param_value(v: Any) -> str:
-    s = str(v)
+    s = mask_secrets(str(v))
     return s if len(s) <= MAX_PARAM_LEN else s[: MAX_PARAM_LEN - 3] + "..."
 
 
 def _one_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    text = f"{type(e).__name__}: {mask_secrets(str(e))}" if str(e) else type(e).__name__
     return " ".join(text.split())[:500]
 
 

@@ -252,6 +252,14 @@ class RunConfig(Strict):
     # or a fresh student (for transfer: pretrained on a source task, fine-tuned here).
     compress_source: Literal["teacher", "distilled", "student"] = "teacher"
 
+    @field_validator("name")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        # It names the runs, the study and its MLflow experiment; Optuna and MLflow fail late on "".
+        if not v.strip():
+            raise ValueError("must not be empty (it names the runs, or the study and its experiment)")
+        return v
+
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:

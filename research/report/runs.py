@@ -101,7 +101,9 @@ def runs_frame(experiment: str, tracking_uri: str | None = None, *, filter_strin
     tracker = _tracker(tracking_uri)
     if tracker.experiment_id(experiment, create=False) is None:
         known = ", ".join(sorted(e.name for e in tracker.client.search_experiments())) or "none"
-        raise LookupError(f"no MLflow experiment named {experiment!r} in {tracker.uri} (experiments there: {known})")
+        from ..tracking import mask_url
+
+        raise LookupError(f"no MLflow experiment named {experiment!r} in {mask_url(tracker.uri)} (experiments there: {known})")
     return clean_runs(tracker.search_runs_frame(experiment, filter_string))
 
 

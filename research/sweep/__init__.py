@@ -3,6 +3,7 @@
     storage.py    storages, samplers (and their seeds), pruners; study attributes
     space.py      the search space of a study file and the one encoder between
                   trial parameters and config overrides (no Optuna import)
+    faults.py     trials whose worker died: found, failed, runs closed, defaults enqueued again
     objective.py  one trial: its config, its run, its values, pruning by the task's metric
     study.py      create / join / load a study, run its trials in one or several processes
     results.py    best trials, the parent run's closing record, finalize, rows of studies and trials
@@ -21,16 +22,17 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("ATTR_CONFIG", "ATTR_CONFIG_HASH", "ATTR_EXPERIMENT", "ATTR_PARENT", "ATTR_TRACKING_URI", "DEFAULT_JOURNAL",
+    **dict.fromkeys(("ATTR_CONFIG", "ATTR_CONFIG_HASH", "ATTR_EXPERIMENT", "ATTR_LOST", "ATTR_PARENT", "ATTR_TRACKING_URI", "DEFAULT_JOURNAL",
                      "FINISHED_STATES", "StudyError", "check_storage", "count_finished", "make_pruner", "make_sampler", "open_storage",
                      "sampler_seed", "started_trials", "storage_url"), "storage"),
     **dict.fromkeys(("Choice", "FloatRange", "IntRange", "SearchEncoder", "SearchSpace", "SpaceError"), "space"),
     **dict.fromkeys(("PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",
                      "pruning_target", "trial_config", "trial_values"), "objective"),
     **dict.fromkeys(("create_or_join", "enqueue_points", "launch", "load_existing", "prepare_context", "run_trials", "split_trials",
-                     "worker_main"), "study"),
+                     "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),
     **dict.fromkeys(("close_figures", "study_figures"), "plots"),
+    **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "worker_gone", "worker_identity"), "faults"),
     **dict.fromkeys(("StudyReport", "format_finalize", "format_study_list", "format_study_summary", "write_study_report"), "reporting"),
     "ConfigError": "..config",
 }

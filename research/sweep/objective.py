@@ -29,6 +29,8 @@ from ..distill import TeacherLogitCache
 from ..pipeline import RunContext, Teacher, compress_run, train_student
 from ..tasks import Task, build_task
 from ..tracking import Tracker
+from .faults import heartbeat
+from .storage import ATTR_LOST
 
 
 @dataclass
@@ -109,6 +111,14 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
     target = pruning_target(cfg, task)
 
     def objective(trial: optuna.Trial):
+        with heartbeat(trial):
+            try:
+                return run_trial(trial)
+            except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: no result; see faults.py (enqueued again, not counted)
+                trial.set_user_attr(ATTR_LOST, f"interrupted ({e or 'Ctrl-C'})")
+                raise
+
+    def run_trial(trial: optuna.Trial):
         values = encoder.suggest(trial)
         tcfg = trial_config(cfg, values)
         run_ctx = RunContext(

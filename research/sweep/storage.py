@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import StudyConfig
-from ..tracking import DEFAULT_DIR
+from ..tracking import DEFAULT_DIR, mask_url
 
 DEFAULT_JOURNAL = DEFAULT_DIR / "optuna" / "journal.log"
 # Study user attributes: the config it was created with (and its hash, which a joiner must
@@ -46,6 +46,8 @@ ATTR_CONFIG_HASH = "config_hash"
 ATTR_PARENT = "mlflow_parent_run_id"
 ATTR_EXPERIMENT = "mlflow_experiment"
 ATTR_TRACKING_URI = "mlflow_tracking_uri"
+# Trial user attribute: why a trial was lost (its worker died, or it was interrupted); see faults.py.
+ATTR_LOST = "lost"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bar says what matters
@@ -109,7 +111,7 @@ def check_storage(url: str) -> None:
         open_storage(url)
     except Exception as e:  # driver errors differ by backend; the first line says what is wrong
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StudyError(f"storage {url}: cannot be opened: {first}") from None
+        raise StudyError(f"storage {mask_url(url)}: cannot be opened: {mask_url(first)}") from None
 
 
 def sampler_seed(seed: int | None, *, worker: int = 0, started: int = 0) -> int | None:
@@ -139,8 +141,9 @@ def started_trials(study: optuna.Study) -> int:
 
 
 def count_finished(study: optuna.Study) -> int:
-    """Trials that are COMPLETE, PRUNED or FAIL."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+    """Trials that are COMPLETE, PRUNED or FAIL, less the lost ones (a dead worker's,
+    an interrupted one: no result, so they do not use up the study's n_trials)."""
+    return sum(not t.user_attrs.get(ATTR_LOST) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 def make_sampler(cfg: StudyConfig, *, worker: int = 0, started: int = 0) -> optuna.samplers.BaseSampler:

@@ -9,7 +9,9 @@ hash alike) and where its MLflow side lives, as user attributes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from tqdm.auto import tqdm
 from ..config import StudyConfig, config_hash, parse
 from ..distill import TeacherLogitCache
 from ..pipeline import load_run_data, obtain_teachers
-from ..tracking import Tracker
+from ..tracking import Tracker, mask_url
 from .objective import StudyContext, _mark_failed_run, make_objective
 from .storage import (
     ATTR_CONFIG,
@@ -39,6 +41,10 @@ from .storage import (
     open_storage,
     started_trials,
 )
+
+
+class WorkerError(RuntimeError):
+    """A worker process of ``launch`` exited with an error or was killed."""
 
 
 def enqueue_points(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -61,7 +67,7 @@ def create_or_join(cfg: StudyConfig, tracker: Tracker, storage: str, *, config_p
         study = optuna.load_study(study_name=name, storage=store, pruner=make_pruner(cfg))
         if study.user_attrs.get(ATTR_CONFIG_HASH) != digest:
             raise StudyError(
-                f"study {name!r} already exists in {storage} with another config; "
+                f"study {name!r} already exists in {mask_url(storage)} with another config; "
                 f"continue it with `research study resume {name}` or give the study another name"
             )
         study.sampler = make_sampler(cfg, started=started_trials(study))
@@ -75,7 +81,7 @@ def create_or_join(cfg: StudyConfig, tracker: Tracker, storage: str, *, config_p
                                                                             "dataset": cfg.data.dataset, "sampler": cfg.sampler.name})
         parent.log_params({"study.n_trials": cfg.n_trials, "study.sampler": cfg.sampler.name, "study.pruner": cfg.pruner.name,
                            "study.objectives": ",".join(f"{o.metric}:{o.direction}" for o in cfg.objectives),
-                           "study.searched": ",".join(cfg.searched_names()), "study.storage": storage})
+                           "study.searched": ",".join(cfg.searched_names()), "study.storage": mask_url(storage)})
         parent.log_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), "config/study.yaml")
         if config_path and Path(config_path).is_file():
             parent.log_artifact(config_path, "config")
@@ -112,7 +118,7 @@ def load_existing(name: str, storage: str, *, worker: int = 0, started: int | No
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if name not in names:
         known = ", ".join(sorted(names)) or "none"
-        raise StudyError(f"no study named {name!r} in {storage} (studies there: {known})")
+        raise StudyError(f"no study named {name!r} in {mask_url(storage)} (studies there: {known})")
     study = optuna.load_study(study_name=name, storage=store)
     cfg = parse(StudyConfig, yaml.safe_load(study.user_attrs[ATTR_CONFIG]), source=f"study {name}")
     study.sampler = make_sampler(cfg, worker=worker, started=started_trials(study) if started is None else started)
@@ -154,7 +160,7 @@ def launch(
     progress: bool = True,
 ) -> None:
     """Run ``n_trials`` more trials with ``workers`` processes; a progress bar shows
-    trials done, the best value so far and the time left. Raises RuntimeError when a
+    trials done, the best value so far and the time left. Raises WorkerError when a
     worker process exits with an error."""
     start_count = count_finished(study)
     started = started_trials(study)  # the workers' seeds derive from it (see sampler_seed)
@@ -171,22 +177,45 @@ def launch(
             run_trials(ctx, n_trials, timeout_s=timeout_s, callbacks=[tick])
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
+            # Each worker in its own session: a terminal's Ctrl-C reaches only this process, which
+            # forwards it once (a second one would make the workers exit without clean-up).
             procs = [
                 subprocess.Popen([sys.executable, "-m", "research.cli", "study", "worker", cfg.name, "--storage", storage,
                                   "--n-trials", str(share), "--threads", str(threads), "--worker-index", str(index),
                                   "--started", str(started)]
-                                 + (["--timeout", str(timeout_s)] if timeout_s else []))
+                                 + (["--timeout", str(timeout_s)] if timeout_s else []), start_new_session=True)
                 for index, share in enumerate(split_trials(n_trials, workers))
             ]
-            while any(p.poll() is None for p in procs):
-                _poll(bar, study, cfg, start_count)
-                time.sleep(1.0)
+            try:
+                while any(p.poll() is None for p in procs):
+                    _poll(bar, study, cfg, start_count)
+                    time.sleep(1.0)
+            except BaseException as e:  # Ctrl-C, SIGTERM (research.signals.Terminated), or an error here
+                _stop_workers(procs, getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+                raise
             _poll(bar, study, cfg, start_count)
             bad = [p.returncode for p in procs if p.returncode != 0]
             if bad:
-                raise RuntimeError(f"{len(bad)} worker(s) exited with an error (codes {bad}); see their output above")
+                raise WorkerError(f"{len(bad)} worker(s) exited with an error (exit codes {bad}; -N: killed by signal N). "
+                                  f"`research study resume {cfg.name}` fails their trials and runs the rest")
     finally:
         bar.close()
+
+
+def _stop_workers(procs: list[subprocess.Popen], signum: int, timeout_s: float = 120.0) -> None:
+    """Forward ``signum`` to the workers still running and wait while they close their trials
+    and runs; one that outlives ``timeout_s`` is killed (recover() fails its trial later)."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signum)
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def _poll(bar: tqdm, study: optuna.Study, cfg: StudyConfig, start_count: int) -> None:

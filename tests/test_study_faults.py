@@ -1,0 +1,459 @@
+"""Faults of a study, for real: `kill -9` of `research study run` in the middle of a
+trial, SIGTERM, Ctrl-C during an enqueued default, then `study resume`; and no
+password of a storage URL in MLflow or in the output.
+
+What every test here checks in the end: no trial lost (the study ends with its
+n_trials COMPLETE trials, an enqueued default included), no trial and no MLflow
+run left RUNNING."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from research.cli import main
+
+from .study_support import PLAIN, all_runs, blank_db, chdir_to, client_for, journal, keep_torch_threads, load, study_cache  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_URL = os.environ.get("RESEARCH_TEST_POSTGRES_URL")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+needs_postgres = pytest.mark.skipif(not POSTGRES_URL and not IN_CI, reason="set RESEARCH_TEST_POSTGRES_URL (.ci/postgres.sh starts a server)")
+BACKENDS = ["journal", pytest.param("postgresql", marks=needs_postgres)]
+
+
+def plain(name: str, cache: Path, *, n_trials: int, enqueue: str = "[]", pruner: str = "none") -> str:
+    text = PLAIN.format(name=name, cache=cache, sampler="random", n_trials=n_trials)
+    text = text.replace("enqueue: []", f"enqueue: {enqueue}").replace("pruner: {name: none}", f"pruner: {{name: {pruner}}}")
+    assert f"enqueue: {enqueue}" in text and f"pruner: {{name: {pruner}}}" in text
+    return text
+
+
+def open_study(work: Path, name: str, storage: list[str]) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage[1]) if storage else load(work, name)
+
+
+@contextlib.contextmanager
+def storage_for(backend: str, name: str):
+    """The --storage arguments of a backend; a PostgreSQL study is deleted afterwards (shared database)."""
+    if backend == "journal":
+        yield []
+        return
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    try:
+        yield ["--storage", POSTGRES_URL]
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+
+
+def assert_nothing_running(study: optuna.Study, client, experiment: str) -> None:
+    assert not [t.number for t in study.get_trials() if t.state == TrialState.RUNNING]
+    assert not [(r.data.tags.get("role"), r.info.run_name) for r in all_runs(client, experiment) if r.info.status == "RUNNING"]
+
+
+def wait_for_running_trial(proc: subprocess.Popen, work: Path, name: str, storage: list[str], log: Path, limit_s: float = 600.0):
+    """Poll the storage until a trial is RUNNING with its MLflow run started (in the middle of a trial)."""
+    deadline = time.monotonic() + limit_s  # a guard against a hang, not a timing assertion
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the study ended before a trial ran:\n{log.read_text()}"
+        with contextlib.suppress(KeyError, FileNotFoundError, ValueError):
+            if storage or (work / "mlruns" / "optuna" / "journal.log").exists():
+                running = [t for t in open_study(work, name, storage).get_trials(states=(TrialState.RUNNING,))
+                           if "mlflow_run_id" in t.user_attrs]
+                if running:
+                    return running[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no trial started:\n{log.read_text()}")
+
+
+def start_cli(work: Path, args: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "research.cli", *args], cwd=work, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+# ---------------------------------------------------------------- kill -9
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_in_a_trial_then_resume_fails_it_closes_its_run_and_loses_no_trial(backend, tmp_path, monkeypatch, study_cache, blank_db):
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"k9_{backend}_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=2))
+    with storage_for(backend, name) as storage:
+        log = tmp_path / "run.log"
+        proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress", *storage], log)
+        try:
+            victim = wait_for_running_trial(proc, tmp_path, name, storage, log)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        # What the issue found: the dead trial and its run stay RUNNING until something fails them.
+        assert open_study(tmp_path, name, storage).trials[victim.number].state == TrialState.RUNNING
+        assert victim.user_attrs["worker"]["pid"] == proc.pid and victim.user_attrs["worker"]["host"] == socket.gethostname()
+
+        assert main(["study", "resume", name, "--no-progress", *storage]) == 0
+
+        study = open_study(tmp_path, name, storage)
+        dead = study.trials[victim.number]
+        assert dead.state == TrialState.FAIL
+        assert f"worker process {proc.pid}" in dead.user_attrs["lost"] and "gone" in dead.user_attrs["lost"]
+        client = client_for(tmp_path)
+        run = client.get_run(victim.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED"
+        assert "lost" in run.data.tags["error"] and f"worker process {proc.pid}" in run.data.tags["error"]
+        # The lost trial used none of the study's 2 trials: 2 COMPLETE besides it.
+        assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+        assert_nothing_running(study, client, name)
+        assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+def test_kill_9_while_the_teacher_trains_then_resume_closes_the_teacher_run(tmp_path, monkeypatch, study_cache, blank_db):
+    """The other point of a study where a process owns an MLflow run and no trial: the teacher's training."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("k9t", study_cache, n_trials=1).replace("epochs: 1, threads: 1", "epochs: 3, threads: 1"))
+    log = tmp_path / "run.log"
+    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress"], log)
+    client = client_for(tmp_path)
+    deadline = time.monotonic() + 600  # a guard against a hang, not a timing assertion
+    teacher = None
+    try:
+        while teacher is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(Exception):  # the experiment may not exist yet
+                running = [r for r in all_runs(client, "k9t") if r.data.tags.get("role") == "teacher" and r.info.status == "RUNNING"]
+                teacher = running[0] if running else None
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert teacher is not None and teacher.data.tags["process.pid"] == str(proc.pid)
+    assert client.get_run(teacher.info.run_id).info.status == "RUNNING"  # left so by the dead process
+
+    assert main(["study", "resume", "k9t", "--no-progress"]) == 0
+    run = client.get_run(teacher.info.run_id)
+    assert run.info.status == "FAILED" and f"process {proc.pid}" in run.data.tags["error"] and "gone" in run.data.tags["error"]
+    study = load(tmp_path, "k9t")
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+    assert_nothing_running(study, client, "k9t")
+
+
+def test_kill_9_of_one_worker_then_resume(tmp_path, monkeypatch, study_cache, blank_db):
+    """A worker of `--workers 2` killed in its trial: the other finishes, the command says so in
+    one line (exit 1), and resume fails the dead worker's trial and runs one in its place."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("k9w", study_cache, n_trials=2))
+    log = tmp_path / "run.log"
+    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
+    try:
+        victim = wait_for_running_trial(proc, tmp_path, "k9w", [], log)
+        worker = victim.user_attrs["worker"]["pid"]
+        assert worker != proc.pid
+        os.kill(worker, signal.SIGKILL)
+        assert proc.wait(timeout=600) == 1, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    errors = [line for line in log.read_text().splitlines() if line.startswith("research: error:")]
+    assert len(errors) == 1 and "worker(s) exited" in errors[0] and f"-{int(signal.SIGKILL)}" in errors[0], log.read_text()
+    assert "Traceback" not in log.read_text()
+
+    assert main(["study", "resume", "k9w", "--no-progress"]) == 0
+    study = load(tmp_path, "k9w")
+    client = client_for(tmp_path)
+    dead = study.trials[victim.number]
+    assert dead.state == TrialState.FAIL and f"worker process {worker}" in dead.user_attrs["lost"]
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert_nothing_running(study, client, "k9w")
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------- SIGTERM, Ctrl-C
+
+
+def _interrupt_in_trial(monkeypatch, number: int, interrupt) -> list[int]:
+    """Make the epoch callback of trial ``number`` call ``interrupt()`` once (after its first epoch)."""
+    from research.sweep import objective
+
+    real = objective._pruning_callback
+    calls: list[int] = []
+
+    def wrapped(trial, target):
+        report = real(trial, target)
+
+        def callback(epoch, metrics):
+            report(epoch, metrics)
+            if trial.number == number and not calls:
+                calls.append(trial.number)
+                interrupt()
+
+        return callback
+
+    monkeypatch.setattr(objective, "_pruning_callback", wrapped)
+    return calls
+
+
+def test_sigterm_in_a_trial_closes_trial_and_runs_exits_143_and_resume_completes(tmp_path, monkeypatch, study_cache, blank_db, capsys):
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("term", study_cache, n_trials=2, pruner="median"))
+    calls = _interrupt_in_trial(monkeypatch, 1, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    previous = signal.getsignal(signal.SIGTERM)
+
+    assert main(["study", "run", "s.yaml", "--no-progress"]) == 128 + signal.SIGTERM == 143
+    assert calls == [1]
+    assert signal.getsignal(signal.SIGTERM) is previous  # the CLI's handler is gone again
+    assert "SIGTERM" in capsys.readouterr().err
+    study = load(tmp_path, "term")
+    client = client_for(tmp_path)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert "SIGTERM" in trials[1].user_attrs["lost"]
+    assert client.get_run(trials[1].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+    assert_nothing_running(study, client, "term")
+
+    monkeypatch.undo()  # no more interrupts
+    chdir_to(monkeypatch, tmp_path)
+    assert main(["study", "resume", "term", "--no-progress"]) == 0
+    study = load(tmp_path, "term")
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL", "COMPLETE"]  # 2 results, the lost one apart
+    assert_nothing_running(study, client, "term")
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+def test_ctrl_c_in_an_enqueued_default_then_resume_runs_the_default_again(tmp_path, monkeypatch, study_cache, blank_db):
+    from research import sweep
+    from research.tracking import Tracker
+
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("dflt", study_cache, n_trials=2, pruner="median", enqueue="[{temperature: 3.0, alpha: 0.25}]"))
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    calls = _interrupt_in_trial(monkeypatch, 0, ctrl_c)
+    assert main(["study", "run", "s.yaml", "--no-progress"]) == 130
+    assert calls == [0]
+    monkeypatch.undo()
+    chdir_to(monkeypatch, tmp_path)
+    assert main(["study", "resume", "dflt", "--no-progress"]) == 0
+
+    study = load(tmp_path, "dflt")
+    trials = study.get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["enqueued"] and trials[0].user_attrs["lost"]
+    again = [t for t in trials if t.user_attrs.get("requeue_of") == 0]
+    assert len(again) == 1 and again[0].state == TrialState.COMPLETE
+    assert again[0].params == pytest.approx({"temperature": 3.0, "alpha": 0.25})
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    client = client_for(tmp_path)
+    assert_nothing_running(study, client, "dflt")
+    # Once only: a second recovery enqueues nothing (the copy carries requeue_of).
+    assert sweep.recover(study, Tracker(study.user_attrs["mlflow_tracking_uri"])).requeued == []
+    assert len(study.get_trials()) == 3
+
+
+# ---------------------------------------------------------------- who is gone
+
+
+def test_worker_gone_by_pid_start_time_and_heartbeat():
+    from research.sweep import worker_gone, worker_identity
+
+    me = worker_identity()
+    now = time.time()
+    assert worker_gone(me, now, now) is None
+    # The same pid with another start time: the pid was reused, the worker is gone.
+    assert "another process" in worker_gone({**me, "start": me["start"] + 1.0}, now, now)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(done.stdout)
+    if not os.path.exists(f"/proc/{dead_pid}"):  # (the pid may be reused already; then the check above covers it)
+        assert "is gone" in worker_gone({**me, "pid": dead_pid}, now, now)
+    other = {"host": "elsewhere.example", "pid": 1, "start": 1.0}
+    assert worker_gone(other, now - 60, now - 600, now=now) is None  # beat a minute ago: alive
+    assert "no heartbeat for 200 s" in worker_gone(other, now - 200, now - 600, now=now)
+    assert worker_gone(None, None, now - 10, now=now) is None  # just started, not yet recorded
+    assert "no worker recorded" in worker_gone(None, None, now - 600, now=now)
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def test_mask_url_golden():
+    from research.tracking import mask_url
+
+    assert mask_url("postgresql://alice:s3cr:t@db.example:5432/studies") == "postgresql://alice:***@db.example:5432/studies"
+    assert mask_url("postgresql+psycopg2://u:p%40ss@h/db") == "postgresql+psycopg2://u:***@h/db"
+    assert mask_url("https://bob:pw@mlflow.example/") == "https://bob:***@mlflow.example/"
+    for same in ("postgresql://alice@db/studies", "sqlite:///tmp/mlflow.db", "mlruns/optuna/journal.log", "http://host:5000/x"):
+        assert mask_url(same) == same
+
+
+@needs_postgres
+def test_no_password_of_the_storage_url_in_mlflow_or_the_output(tmp_path, monkeypatch, study_cache, blank_db, capsys):
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    password = urlsplit(POSTGRES_URL).password
+    assert password, "the test URL must carry a password"
+    leaked = (f":{password}@", POSTGRES_URL)  # the password as it sits in a URL ("research" alone is also the user)
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"secret_{uuid.uuid4().hex[:8]}"
+    # In the study file: then the file (logged as an artifact), the config dumped beside it and
+    # every run's flattened params carry it too, not only the --storage of the command line.
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=1) + f"storage: {POSTGRES_URL}\n")
+    with storage_for("postgresql", name) as storage:
+        assert main(["study", "run", "s.yaml", "--no-progress"]) == 0
+        assert main(["study", "resume", name, "--n-trials", "1", "--no-progress", *storage]) == 0
+        assert main(["study", "resume", "nosuch", *storage]) == 2  # an error that names the storage
+        out = capsys.readouterr()
+    printed = out.out + out.err
+    assert f"--storage {POSTGRES_URL.replace(f':{password}@', ':***@')}" in printed  # the hint, masked
+    client = client_for(tmp_path)
+    runs = all_runs(client, name)
+    parent = [r for r in runs if r.data.tags.get("role") == "study"][0]
+    assert parent.data.params["study.storage"] == POSTGRES_URL.replace(f":{password}@", ":***@")
+    logged = [printed]
+    for r in runs:
+        logged += [f"{k}={v}" for k, v in {**r.data.params, **r.data.tags}.items()]
+    texts = [p for p in (tmp_path / "mlruns").rglob("*") if p.is_file() and p.suffix in (".yaml", ".yml", ".txt", ".json", ".md", ".log")
+             and "optuna" not in p.parts]
+    assert any(p.name == "study.yaml" for p in texts)  # the artifacts were searched
+    logged += [p.read_text(errors="replace") for p in texts]
+    found = [s[:200] for s in logged if any(x in s for x in leaked)]
+    assert not found, found
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_a_second_signal_during_the_clean_up_exits_at_once():
+    code = """
+import os, signal, time
+from research.signals import interrupt_on_signals
+with interrupt_on_signals():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except KeyboardInterrupt as e:
+        print(type(e).__name__, e, flush=True)
+        os.kill(os.getpid(), signal.SIGINT)  # the clean-up is slow; the user presses Ctrl-C
+        time.sleep(30)
+        print("clean-up finished", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert done.stdout == "Terminated SIGTERM received\n", done.stderr
+    assert done.returncode == 128 + signal.SIGINT  # the second signal's code, at once
+
+
+def test_sigterm_to_study_run_with_workers_is_forwarded_and_resume_completes(tmp_path, monkeypatch, study_cache, blank_db):
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("fwd", study_cache, n_trials=2))
+    log = tmp_path / "run.log"
+    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
+    try:
+        victim = wait_for_running_trial(proc, tmp_path, "fwd", [], log)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 143, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    study = load(tmp_path, "fwd")
+    client = client_for(tmp_path)
+    # Each worker got the signal and closed its own trial and run before the parent exited.
+    for t in study.get_trials():
+        with pytest.raises(ProcessLookupError):
+            os.kill(t.user_attrs["worker"]["pid"], 0)
+    assert study.trials[victim.number].state == TrialState.FAIL and "SIGTERM" in study.trials[victim.number].user_attrs["lost"]
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
+    assert_nothing_running(study, client, "fwd")
+
+    assert main(["study", "resume", "fwd", "--no-progress"]) == 0
+    study = load(tmp_path, "fwd")
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 2
+    assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("lost") for t in study.get_trials())
+    assert_nothing_running(study, client, "fwd")
+
+
+# ---------------------------------------------------------------- several machines: a tracking server
+
+
+@needs_postgres
+def test_four_workers_share_a_postgresql_study_and_log_to_a_real_mlflow_server(tmp_path, monkeypatch, study_cache):
+    """`research server`'s server (mlflow server, PostgreSQL backend in its own schema, proxied
+    artifacts) on 127.0.0.1, and `study run --workers 4` over HTTP, as workers on 4 machines would."""
+    import sqlalchemy as sa
+    from mlflow.tracking import MlflowClient
+
+    from research.tracking import start_server, stop_ui, wait_for_ui
+
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    tag = uuid.uuid4().hex[:8]
+    name, schema = f"srv_{tag}", f"mlflow_{tag}"  # MLflow's tables apart from Optuna's (both keep an alembic_version)
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as c:
+        c.execute(sa.text(f"create schema {schema}"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = start_server(f"{POSTGRES_URL}?options=-csearch_path%3D{schema}", tmp_path / "artifacts", "127.0.0.1", port, workers=1)
+    try:
+        assert wait_for_ui(server, "127.0.0.1", port), "the MLflow server did not start"
+        chdir_to(monkeypatch, tmp_path)
+        uri = f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=4))
+        with storage_for("postgresql", name) as storage:
+            assert main(["study", "run", "s.yaml", "--workers", "4", "--no-progress", *storage]) == 0
+            study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+            trials = study.get_trials()
+        assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+        assert len({t.user_attrs["worker"]["pid"] for t in trials}) > 1  # shared by several workers
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name(name)
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+        assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+        children = [r for r in runs if r.data.tags.get("role") == "trial"]
+        assert sorted(int(r.data.tags["trial_number"]) for r in children) == [0, 1, 2, 3]  # one child run each
+        assert sorted(r.info.run_id for r in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
+        assert all(r.info.status == "FINISHED" for r in children)
+        keys = {frozenset(r.data.metrics) for r in children}
+        assert len(keys) == 1 and {"val_accuracy", "test_accuracy"} <= next(iter(keys)), keys  # no metric missing
+        assert all(any(a.path == "weights.pt" for a in client.list_artifacts(r.info.run_id)) for r in children)
+        assert list((tmp_path / "artifacts").rglob("weights.pt"))  # proxied into the server's folder
+    finally:
+        stop_ui(server)
+        with engine.begin() as c:
+            c.execute(sa.text(f"drop schema if exists {schema} cascade"))
+        engine.dispose()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("command", [["study", "run"], ["distill"], ["train-teacher"]])
+@pytest.mark.parametrize("name", ['""', "'   '"])
+def test_an_empty_name_exits_2_in_one_line_and_writes_nothing(command, name, tmp_path, monkeypatch, capsys):
+    chdir_to(monkeypatch, tmp_path)
+    (tmp_path / "s.yaml").write_text(f"name: {name}\ndata: {{dataset: mnist1d}}\nteachers: [{{model: {{name: mnist1d_cnn}}}}]\n"
+                                     "student: {name: mnist1d_mlp}\n")
+    assert main([*command, "s.yaml", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "name: must not be empty" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no journal, no mlruns, no cache
