@@ -23,6 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/research study report mnist1d_kd
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 clean-venv:

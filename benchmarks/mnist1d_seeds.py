@@ -31,9 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from research import stats  # noqa: E402
 from research.config import RunConfig, load_run_config  # noqa: E402
 from research.distill import TeacherLogitCache  # noqa: E402
-from research import stats  # noqa: E402
 from research.pipeline import RunContext, RunResult, Teacher, load_run_data, train_student, train_teacher  # noqa: E402
 from research.stats import format_mean_std  # noqa: E402
 from research.tracking import Tracker  # noqa: E402
@@ -118,7 +118,7 @@ def report(results: list[RunResult], args: argparse.Namespace, total_s: float) -
         rs = [r for r in results if r.role == role]
         if not rs:
             continue
-        m = lambda k: [r.metrics[k] for r in rs]  # noqa: E731
+        m = lambda k, rs=rs: [r.metrics[k] for r in rs]
         lines.append(
             f"| {label} | {len(rs)} | {mean_std(m('test_accuracy'), 4)} | {mean_std(m('test_errors'), 1)} "
             f"| {mean_std(m('val_accuracy'), 4)} | {int(m('params')[0]):,} | {statistics.fmean(m('train_time_s')):.1f} | {published} |"

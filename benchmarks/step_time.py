@@ -227,11 +227,11 @@ def main(argv: list[str] | None = None) -> None:
 
     rows_a: list[tuple[str, str, float, float]] = []
     for distill, label in ((True, "Distiller, cached logits"), (False, "SupervisedTask")):
-        r = interleave({"engine": lambda: engine_steps(s, steps, distill), "hand": lambda: hand_steps(s, steps, distill)}, repeats)
+        r = interleave({"engine": lambda d=distill: engine_steps(s, steps, d), "hand": lambda d=distill: hand_steps(s, steps, d)}, repeats)
         rows_a.append((f"{label}: `train_step`, ms/step", f"{repeats} x {steps} steps", median(r["engine"]), median(r["hand"])))
         print(rows_a[-1], flush=True)
     for distill, label in ((True, "Distiller, cached logits"), (False, "SupervisedTask")):
-        r = interleave({"engine": lambda: engine_epochs(s, fit_epochs, distill), "hand": lambda: hand_epochs(s, fit_epochs, distill)}, repeats)
+        r = interleave({"engine": lambda d=distill: engine_epochs(s, fit_epochs, d), "hand": lambda d=distill: hand_epochs(s, fit_epochs, d)}, repeats)
         rows_a.append((f"{label}: whole `fit`, ms/epoch", f"{repeats} x {fit_epochs} epochs", median(r["engine"]), median(r["hand"])))
         print(rows_a[-1], flush=True)
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import mlflow
 import mlflow.pytorch
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
 from .process import process_identity

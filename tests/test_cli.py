@@ -84,7 +84,8 @@ def test_shared_mnist_config_validates():
     from research.config import load_run_config
 
     cfg_text = GOOD.replace("dataset: mnist1d", f"dataset: mnist, root: {SHARED_DATA}")
-    import tempfile, pathlib
+    import pathlib
+    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         p = pathlib.Path(d) / "c.yaml"

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import research.data.mnist1d as m1d
-from research.data import (DATASETS, DataNotFoundError, RandomCropFlip, RandomShift, Split,
-                           check_data_available, load_data)
+from research.data import DATASETS, DataNotFoundError, RandomCropFlip, RandomShift, Split, check_data_available, load_data
 from research.data.vision import VISION_SPECS
 
 SHARED_DATA = Path(os.environ.get("RESEARCH_SHARED_DATA",
@@ -229,8 +228,8 @@ def test_random_crop_flip_is_a_crop_of_the_padded_image():
     out = RandomCropFlip(2)(x, torch.Generator().manual_seed(3))
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for b in range(len(x)):
-        cands = [c for t in range(5) for l in range(5) for c in
-                 (padded[b, :, t:t + 6, l:l + 6], padded[b, :, t:t + 6, l:l + 6].flip(-1))]
+        cands = [c for t in range(5) for left in range(5) for c in
+                 (padded[b, :, t:t + 6, left:left + 6], padded[b, :, t:t + 6, left:left + 6].flip(-1))]
         assert sum(torch.equal(out[b], c) for c in cands) == 1
 
 

@@ -19,8 +19,20 @@ from optuna.trial import TrialState
 from research.cli import main
 
 from .study_support import (
-    PLAIN, STUDY, all_runs, assert_no_repeated_point, blank_db, chdir_to, keep_torch_threads, client_for, journal, load, sampled_params, study_cache,  # noqa: F401
-    trial_runs, write_study,
+    PLAIN,  # noqa: F401
+    STUDY,
+    all_runs,
+    assert_no_repeated_point,
+    blank_db,
+    chdir_to,
+    client_for,
+    journal,
+    keep_torch_threads,
+    load,
+    sampled_params,
+    study_cache,
+    trial_runs,
+    write_study,
 )
 
 

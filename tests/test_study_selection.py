@@ -17,7 +17,18 @@ from research import sweep
 from research.cli import main
 
 from .study_support import (  # noqa: F401
-    PLAIN, all_runs, assert_no_repeated_point, blank_db, chdir_to, keep_torch_threads, client_for, load, pareto_front, study_cache, trial_runs, write_study,
+    PLAIN,
+    all_runs,
+    assert_no_repeated_point,
+    blank_db,
+    chdir_to,
+    client_for,
+    keep_torch_threads,
+    load,
+    pareto_front,
+    study_cache,
+    trial_runs,
+    write_study,
 )
 
 # ---------------------------------------------------------------- selection on hand-made trials

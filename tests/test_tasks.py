@@ -13,12 +13,12 @@ import pytest
 import torch
 from torch import nn
 
+from research import tasks as tasks_mod
 from research.config import ConfigError, RunConfig, TrainConfig, parse
 from research.data import Split
 from research.distill import Distiller, Supervised, teacher_log_probs
 from research.evaluate import count_flops, deployment_metrics
 from research.tasks import available_tasks, build_task, register_task
-from research import tasks as tasks_mod
 from research.tasks.classification import Classification
 from research.train import fit
 
