@@ -34,8 +34,12 @@ needs_postgres = pytest.mark.skipif(not POSTGRES_URL and not IN_CI, reason="set 
 BACKENDS = ["journal", pytest.param("postgresql", marks=needs_postgres)]
 
 
-def plain(name: str, cache: Path, *, n_trials: int, enqueue: str = "[]", pruner: str = "none") -> str:
+def plain(name: str, cache: Path, *, n_trials: int, enqueue: str = "[]", pruner: str = "none", epochs: int = 2) -> str:
+    """The tiny study; ``epochs``: the students' (a test that must catch a trial RUNNING gives
+    it several, so the trial outlasts the poll on a fast machine too)."""
     text = PLAIN.format(name=name, cache=cache, sampler="random", n_trials=n_trials)
+    assert "train: {epochs: 2, threads: 1}" in text
+    text = text.replace("train: {epochs: 2, threads: 1}", f"train: {{epochs: {epochs}, threads: 1}}")
     text = text.replace("enqueue: []", f"enqueue: {enqueue}").replace("pruner: {name: none}", f"pruner: {{name: {pruner}}}")
     assert f"enqueue: {enqueue}" in text and f"pruner: {{name: {pruner}}}" in text
     return text
@@ -75,7 +79,7 @@ def wait_for_running_trial(proc: subprocess.Popen, work: Path, name: str, storag
                            if "mlflow_run_id" in t.user_attrs]
                 if running:
                     return running[0]
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"no trial started:\n{log.read_text()}")
 
 
@@ -93,7 +97,7 @@ def start_cli(work: Path, args: list[str], log: Path) -> subprocess.Popen:
 def test_kill_9_in_a_trial_then_resume_fails_it_closes_its_run_and_loses_no_trial(backend, tmp_path, monkeypatch, study_cache, blank_db):
     chdir_to(monkeypatch, tmp_path, blank_db)
     name = f"k9_{backend}_{uuid.uuid4().hex[:8]}"
-    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=2))
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=2, epochs=8))
     with storage_for(backend, name) as storage:
         log = tmp_path / "run.log"
         proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress", *storage], log)
@@ -157,7 +161,7 @@ def test_kill_9_of_one_worker_then_resume(tmp_path, monkeypatch, study_cache, bl
     """A worker of `--workers 2` killed in its trial: the other finishes, the command says so in
     one line (exit 1), and resume fails the dead worker's trial and runs one in its place."""
     chdir_to(monkeypatch, tmp_path, blank_db)
-    (tmp_path / "s.yaml").write_text(plain("k9w", study_cache, n_trials=2))
+    (tmp_path / "s.yaml").write_text(plain("k9w", study_cache, n_trials=2, epochs=8))
     log = tmp_path / "run.log"
     proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
     try:
@@ -212,7 +216,7 @@ def _interrupt_in_trial(monkeypatch, number: int, interrupt) -> list[int]:
 
 def test_sigterm_in_a_trial_closes_trial_and_runs_exits_143_and_resume_completes(tmp_path, monkeypatch, study_cache, blank_db, capsys):
     chdir_to(monkeypatch, tmp_path, blank_db)
-    (tmp_path / "s.yaml").write_text(plain("term", study_cache, n_trials=2, pruner="median"))
+    (tmp_path / "s.yaml").write_text(plain("term", study_cache, n_trials=2, pruner="median", epochs=8))
     calls = _interrupt_in_trial(monkeypatch, 1, lambda: os.kill(os.getpid(), signal.SIGTERM))
     previous = signal.getsignal(signal.SIGTERM)
 
@@ -243,7 +247,7 @@ def test_ctrl_c_in_an_enqueued_default_then_resume_runs_the_default_again(tmp_pa
     from research.tracking import Tracker
 
     chdir_to(monkeypatch, tmp_path, blank_db)
-    (tmp_path / "s.yaml").write_text(plain("dflt", study_cache, n_trials=2, pruner="median", enqueue="[{temperature: 3.0, alpha: 0.25}]"))
+    (tmp_path / "s.yaml").write_text(plain("dflt", study_cache, n_trials=2, pruner="median", enqueue="[{temperature: 3.0, alpha: 0.25}]", epochs=8))
 
     def ctrl_c():
         raise KeyboardInterrupt
@@ -361,7 +365,7 @@ with interrupt_on_signals():
 
 def test_sigterm_to_study_run_with_workers_is_forwarded_and_resume_completes(tmp_path, monkeypatch, study_cache, blank_db):
     chdir_to(monkeypatch, tmp_path, blank_db)
-    (tmp_path / "s.yaml").write_text(plain("fwd", study_cache, n_trials=2))
+    (tmp_path / "s.yaml").write_text(plain("fwd", study_cache, n_trials=2, epochs=8))
     log = tmp_path / "run.log"
     proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
     try:
