@@ -84,7 +84,7 @@ def test_a_number_keeps_the_loss_of_the_first_release_exactly():
     """The float path runs the same torch operations as before temperature kinds: same bits."""
     import torch.nn.functional as F
 
-    _, st, terms = loss_of(4.0, teachers=(T0, T1), alpha=0.1)
+    _, _, terms = loss_of(4.0, teachers=(T0, T1), alpha=0.1)
     s, t0, t1 = tensors(S, T0, T1)
     w = torch.full((2,), 0.5, dtype=torch.float64).reshape(2, 1, 1)
     log_p = torch.logsumexp(F.log_softmax(torch.stack([t0, t1]) / 4.0, dim=-1) + torch.log(w), dim=0)
@@ -144,7 +144,7 @@ def test_standardize_on_a_row_by_hand():
 
 
 def test_standardized_kd_at_a_base_temperature():
-    _, st, terms = loss_of({"kind": "standardized", "base": 2.0}, teachers=(T0, T1), prog=progress(1))
+    _, _, terms = loss_of({"kind": "standardized", "base": 2.0}, teachers=(T0, T1), prog=progress(1))
     want = np_kd(S, [np_standardize(T0), np_standardize(T1)], Y, 2.0, 0.3, s_soft=np_standardize(S))
     assert terms["loss"].item() == pytest.approx(want, rel=1e-10)
     # the hard term is the CE of the RAW student logits
