@@ -110,6 +110,8 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--n-trials", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timeout", type=float)
+    p.add_argument("--worker-index", type=int, default=0)  # with --started: seeds its sampler apart (sweep.sampler_seed)
+    p.add_argument("--started", type=int, default=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,7 +297,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         if action == "worker":
             from .sweep import worker_main
 
-            worker_main(args.name, args.storage, args.n_trials, args.threads, args.timeout)
+            worker_main(args.name, args.storage, args.n_trials, args.threads, args.timeout, worker=args.worker_index, started=args.started)
             return 0
     except ConfigError as e:
         return _fail(str(e))
@@ -329,7 +331,7 @@ def _study_run(args: argparse.Namespace) -> int:
     storage = sweep.storage_url(args.storage or cfg.storage)
     sweep.check_storage(storage)
     tracker = Tracker(cfg.tracking.uri)
-    study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config, parallel=args.workers > 1)
+    study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
                               timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)
 
@@ -364,10 +366,10 @@ def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeo
         if parent:  # the parent run must not stay RUNNING forever
             tracker.end(tracker.handle(parent), "KILLED")
         raise
-    sweep.finish_study(tracker, study, cfg)
+    summary = sweep.finish_study(tracker, study, cfg)
     wall = __import__("time").perf_counter() - t0
     rows = sweep.trials_table(study)
-    print(format_study_summary(cfg, rows, wall))
+    print(format_study_summary(cfg, rows, wall, best_trial=summary.get("best_trial")))
     _print_ui_hint(tracker)
     print(f"Report with plots: research study report {cfg.name}{_storage_flag(storage)};  "
           f"test figures: research study finalize {cfg.name} --seeds 3{_storage_flag(storage)}")
@@ -380,8 +382,10 @@ def _storage_flag(storage: str) -> str:
     return "" if storage == str(DEFAULT_JOURNAL) else f" --storage {storage}"
 
 
-def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float) -> str:
-    """Best trial against the enqueued defaults (validation metric; test shown, not used)."""
+def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float, *, best_trial: int | None = None) -> str:
+    """Best trial against the enqueued defaults (validation metric; test shown, not used).
+    ``best_trial``: the number sweep.best_trials chose (a multi-objective study's best is on
+    its Pareto front); default: the best by the first objective."""
     obj = cfg.objectives[0]
     done = [r for r in rows if r["state"] == "COMPLETE"]
     states = [r["state"] for r in rows]
@@ -390,7 +394,8 @@ def format_study_summary(cfg, rows: list[dict[str, Any]], wall_s: float) -> str:
     if not done:
         return "\n".join(lines + ["no completed trial"])
     sign = -1 if obj.direction == "maximize" else 1
-    best = sorted(done, key=lambda r: (sign * r["values"][0], r["number"]))[0]
+    chosen = [r for r in done if r["number"] == best_trial]
+    best = chosen[0] if chosen else min(done, key=lambda r: (sign * r["values"][0], r["number"]))
     table = [("best", best)] + [("enqueued default", r) for r in done if r["enqueued"]]
     for label, r in table:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items() if not k.startswith("w_"))
@@ -435,12 +440,14 @@ def _study_report(args: argparse.Namespace) -> int:
         parent_metrics=dict(tracker.get_run(parent_id).data.metrics), figure_files=files,
         settings={"sampler": cfg.sampler.name, "pruner": cfg.pruner.name, "searched": ", ".join(cfg.searched_names()),
                   "MLflow experiment": cfg.tracking.experiment, "parent run": parent_id},
+        best_trial=next((t.number for t in sweep.best_trials(study, 1)), None),
     )
     (out / "report.md").write_text(md)
     handle = tracker.handle(parent_id)
     handle.log_text(md, "report/report.md")
     for f in files:
         handle.log_artifact(f, "report")
+    sweep._close_figures(figures)  # pyplot keeps every figure open until closed
     print(f"wrote {out / 'report.md'} and {len(files)} plots; also on MLflow run {parent_id} under report/")
     return 0
 

@@ -77,14 +77,17 @@ def study_markdown(
     parent_metrics: dict[str, float],
     figure_files: Sequence[Path] = (),
     settings: dict[str, Any] | None = None,
+    best_trial: int | None = None,
 ) -> str:
-    """The study report: settings, best vs enqueued defaults, finalized test figures, all trials, plots."""
+    """The study report: settings, best vs enqueued defaults, finalized test figures, all trials, plots.
+    ``best_trial``: the study's chosen best (sweep.best_trials; on the Pareto front when several
+    objectives); default: the best by the first objective."""
     flat = flatten_trial_rows(rows, objective_names)
     params = _param_columns(rows)
     obj = objective_names[0]
     sign = -1 if directions[0] == "maximize" else 1
     complete = [r for r in flat if r["state"] == "COMPLETE"]
-    ranked = sorted(complete, key=lambda r: (sign * r[obj], r["number"]))
+    ranked = sorted(complete, key=lambda r: (r["number"] != best_trial, sign * r[obj], r["number"]))
     lines = [f"# Study `{name}`", ""]
     if settings:
         lines += [", ".join(f"{k}: {v}" for k, v in settings.items()), ""]

@@ -6,6 +6,26 @@ several machines) + one MLflow experiment with a parent run, a child run
 per trial (linked by ``parent_run_id``, never by the active-run stack) and a
 run per teacher. A child run's MLflow status follows the trial's state:
 COMPLETE -> FINISHED, PRUNED -> KILLED, FAIL -> FAILED with the error as a tag.
+
+Sampler seeds: every process that samples (the single process of ``study
+run``, each of the ``--workers N`` processes, each ``study resume``, each
+machine joining a PostgreSQL study) seeds its sampler with
+``sampler_seed(seed, worker, started)``: the study's ``sampler.seed`` itself
+for worker 0 of a study with no started trial (so a fresh single-process
+study draws as it always did), otherwise a 32-bit seed mixed from
+``(seed, worker, started)`` by numpy's ``SeedSequence``, where ``worker`` is
+the process's index among the workers launched together (0 for a single
+process) and ``started`` the number of trials the study had started (any
+state but WAITING) when the launch began. So a seeded study replays exactly
+when the same commands are run again on a fresh storage, while workers and
+resumes never replay one another's draws. Two machines that join one
+PostgreSQL study at the same trial count get the same seed and draw alike
+(TPE's constant liar separates them only after its random start-up trials):
+start them one after another, or leave such a study unseeded
+(``sampler.seed: null``: every process then draws its own points). The grid
+sampler is the exception: all its processes must shuffle the grid alike,
+because Optuna's GridSampler maps trial number n to the n-th point of its
+seeded shuffle (so trial numbers, unique in the storage, give distinct points).
 """
 
 from __future__ import annotations
@@ -78,16 +98,47 @@ def check_storage(url: str) -> None:
         raise StudyError(f"storage {url}: cannot be opened: {first}") from None
 
 
-def make_sampler(cfg: StudyConfig, *, parallel: bool = False) -> optuna.samplers.BaseSampler:
+def sampler_seed(seed: int | None, *, worker: int = 0, started: int = 0) -> int | None:
+    """The seed of one process's sampler (see the module docstring for the rule).
+
+    seed: the study's ``sampler.seed`` (None: unseeded, returns None).
+    worker: the process's index among the workers launched together, >= 0.
+    started: trials of the study that had left WAITING when the launch began, >= 0.
+    Returns ``seed`` for (worker 0, started 0), else an int in [0, 2**32).
+    Raises ValueError on a negative worker or started.
+    """
+    if worker < 0 or started < 0:
+        raise ValueError(f"worker and started must be >= 0, got {worker}, {started}")
+    if seed is None:
+        return None
+    if worker == 0 and started == 0:
+        return seed
+    import numpy as np
+
+    # SeedSequence hashes the whole tuple, so nearby inputs give unrelated streams.
+    return int(np.random.SeedSequence([seed % 2**32, worker, started]).generate_state(1, dtype=np.uint32)[0])
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Trials that have left the WAITING queue (running or finished): the ``started`` of sampler_seed."""
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def make_sampler(cfg: StudyConfig, *, worker: int = 0, started: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler for one process; ``worker`` and ``started`` as in sampler_seed."""
     s = cfg.sampler
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
     if s.name == "grid":
+        # Every process shuffles alike: GridSampler gives trial n the n-th point of its shuffle.
         return optuna.samplers.GridSampler(s.grid, seed=s.seed)
+    seed = sampler_seed(s.seed, worker=worker, started=started)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
     if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    # constant_liar keeps parallel workers from proposing the same point.
-    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=parallel)
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    # constant_liar: other processes' RUNNING trials count as bad, so concurrent workers (or
+    # machines joining a PostgreSQL study) steer away from one another's points; alone, it
+    # changes nothing (the current trial is left out).
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -248,24 +299,26 @@ def _mark_failed_run(tracker: Tracker):
     return callback
 
 
-def create_or_join(cfg: StudyConfig, tracker: Tracker, storage: str, *, config_path: str | None = None, parallel: bool = False) -> optuna.Study:
+def create_or_join(cfg: StudyConfig, tracker: Tracker, storage: str, *, config_path: str | None = None) -> optuna.Study:
     """Create the study (with its MLflow parent run and enqueued defaults), or join
-    an existing one whose config is the same."""
+    an existing one whose config is the same (its sampler then seeded by the trials
+    already started, see sampler_seed)."""
     store = open_storage(storage)
     name = cfg.name
     digest = config_hash(cfg)
     existing = {s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)}
     if name in existing:
-        study = optuna.load_study(study_name=name, storage=store, sampler=make_sampler(cfg, parallel=parallel), pruner=make_pruner(cfg))
+        study = optuna.load_study(study_name=name, storage=store, pruner=make_pruner(cfg))
         if study.user_attrs.get(ATTR_CONFIG_HASH) != digest:
             raise StudyError(
                 f"study {name!r} already exists in {storage} with another config; "
                 f"continue it with `research study resume {name}` or give the study another name"
             )
+        study.sampler = make_sampler(cfg, started=started_trials(study))
         return _wait_for_parent(study, store)
     study = optuna.create_study(
         study_name=name, storage=store, directions=cfg.directions,
-        sampler=make_sampler(cfg, parallel=parallel), pruner=make_pruner(cfg),
+        sampler=make_sampler(cfg), pruner=make_pruner(cfg),
     )
     try:
         parent = tracker.start(cfg.tracking.experiment, f"study-{name}", tags={"role": "study", "study": name, "method": "study",
@@ -301,8 +354,10 @@ def _wait_for_parent(study: optuna.Study, store: optuna.storages.BaseStorage, ti
     return study
 
 
-def load_existing(name: str, storage: str) -> tuple[optuna.Study, StudyConfig]:
-    """An existing study and the config it was created with."""
+def load_existing(name: str, storage: str, *, worker: int = 0, started: int | None = None) -> tuple[optuna.Study, StudyConfig]:
+    """An existing study and the config it was created with; its sampler seeded for
+    ``worker`` and ``started`` (default: the trials started now), see sampler_seed.
+    Raises StudyError when there is no such study."""
     store = open_storage(storage, create=False)
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if name not in names:
@@ -310,7 +365,7 @@ def load_existing(name: str, storage: str) -> tuple[optuna.Study, StudyConfig]:
         raise StudyError(f"no study named {name!r} in {storage} (studies there: {known})")
     study = optuna.load_study(study_name=name, storage=store)
     cfg = parse(StudyConfig, yaml.safe_load(study.user_attrs[ATTR_CONFIG]), source=f"study {name}")
-    study.sampler = make_sampler(cfg)
+    study.sampler = make_sampler(cfg, worker=worker, started=started_trials(study) if started is None else started)
     study.pruner = make_pruner(cfg)
     return study, cfg
 
@@ -354,6 +409,7 @@ def launch(
     """Run ``n_trials`` more trials with ``workers`` processes; a progress bar shows
     trials done, the best value so far and the time left."""
     start_count = count_finished(study)
+    started = started_trials(study)  # the workers' seeds derive from it (see sampler_seed)
     # Teachers first, once (trained, or found in MLflow by their key); workers then reuse them.
     ctx = prepare_context(cfg, study, progress=progress)
     bar = tqdm(total=n_trials, desc=f"study {cfg.name}", unit="trial", disable=not progress, dynamic_ncols=True)
@@ -369,9 +425,10 @@ def launch(
             threads = max(1, (os.cpu_count() or 1) // workers)
             procs = [
                 subprocess.Popen([sys.executable, "-m", "research.cli", "study", "worker", cfg.name, "--storage", storage,
-                                  "--n-trials", str(share), "--threads", str(threads)]
+                                  "--n-trials", str(share), "--threads", str(threads), "--worker-index", str(index),
+                                  "--started", str(started)]
                                  + (["--timeout", str(timeout_s)] if timeout_s else []))
-                for share in split_trials(n_trials, workers)
+                for index, share in enumerate(split_trials(n_trials, workers))
             ]
             while any(p.poll() is None for p in procs):
                 _poll(bar, study, cfg, start_count)
@@ -399,13 +456,14 @@ def _show_best(bar: tqdm, study: optuna.Study, cfg: StudyConfig) -> None:
             pass
 
 
-def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s: float | None) -> None:
-    """One worker process: joins the study, reuses the teachers, runs its share."""
+def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s: float | None, *, worker: int = 0, started: int = 0) -> None:
+    """One worker process: joins the study, reuses the teachers, runs its share.
+    ``worker`` (its index) and ``started`` (trials started when the launch began)
+    seed its sampler apart from the other workers' (see sampler_seed)."""
     import torch
 
     torch.set_num_threads(threads)
-    study, cfg = load_existing(name, storage)
-    study.sampler = make_sampler(cfg, parallel=True)
+    study, cfg = load_existing(name, storage, worker=worker, started=started)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
     ctx = prepare_context(cfg, study, progress=False)
     run_trials(ctx, n_trials, timeout_s=timeout_s)
@@ -415,10 +473,16 @@ def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s:
 
 
 def best_trials(study: optuna.Study, k: int = 1) -> list[FrozenTrial]:
-    """The best ``k`` completed trials (by the first objective for multi-objective studies)."""
+    """The best ``k`` completed trials, best first.
+
+    One objective: by its value, the lowest trial number on a tie. Several: the
+    Pareto front first (Optuna's ``study.best_trials``), then the dominated
+    trials, each group by the first objective. Ordering by the first objective
+    alone could put first a dominated trial that ties on it with a front member."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
-    return sorted(done, key=lambda t: (sign * t.values[0], t.number))[:k]
+    front = {t.number for t in study.best_trials} if len(study.directions) > 1 and done else set()
+    return sorted(done, key=lambda t: (len(front) > 0 and t.number not in front, sign * t.values[0], t.number))[:k]
 
 
 def enqueued_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -478,6 +542,7 @@ def study_figures(study: optuna.Study, cfg: StudyConfig) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")  # one-valued axes
+    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # the target is flipped below where needed
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     figs: dict[str, Any] = {}
@@ -590,6 +655,6 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "ConfigError", "StudyError", "create_or_join", "finalize", "finish_study", "launch", "list_studies", "load_existing",
+    "ConfigError", "StudyError", "best_trials", "create_or_join", "finalize", "finish_study", "launch", "list_studies", "load_existing", "sampler_seed",
     "storage_url", "trials_table", "worker_main",
 ]
