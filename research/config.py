@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .data import DATASETS, check_data_available
 from .distill.objectives import available_objectives, objective_knob_names, validate_objective_args
-from .distill.objectives.temperature import TemperatureValue
-from .distill.objectives.weighting import WeightingValue
+from .distill.objectives.temperature import TEMPERATURES, TemperatureValue
+from .distill.objectives.weighting import WEIGHTINGS, WeightingValue
 from .models import validate_model_args
 from .tasks import available_tasks
 
@@ -434,10 +434,18 @@ def check_run_files(cfg: RunConfig) -> None:
 SEARCHABLE = ("temperature", "alpha")
 
 
+# A search entry may be conditional (Optuna's define-by-run): `when: {key: value}` (or a list of
+# values) draws it only when an EARLIER entry of search.params, a choice, took that value, e.g.
+#   distill.temperature.kind: {choices: [fixed, annealed]}
+#   distill.temperature.start: {low: 4, high: 16, when: {distill.temperature.kind: annealed}}
+Condition = dict[str, Any] | None
+
+
 class FloatRange(Strict):
     low: float
     high: float
     log: bool = False
+    when: Condition = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "FloatRange":
@@ -452,6 +460,7 @@ class IntRange(Strict):
     int_low: int
     int_high: int
     log: bool = False
+    when: Condition = None
 
     @model_validator(mode="after")
     def _ordered(self) -> "IntRange":
@@ -462,6 +471,20 @@ class IntRange(Strict):
 
 class Choice(Strict):
     choices: list[Any] = Field(min_length=1)
+    when: Condition = None
+
+
+def condition_holds(when: Condition, values: dict[str, Any]) -> bool:
+    """Whether a conditional search entry is drawn, given the values drawn before it."""
+    for key, wanted in (when or {}).items():
+        if key not in values or values[key] not in (wanted if isinstance(wanted, list) else [wanted]):
+            return False
+    return True
+
+
+# Config values that are a kind's spec ({kind: ..., knob: value}) and the registry of their kinds: a
+# study may search `<prefix>.kind` and `<prefix>.<knob>` (conditioned on the kind).
+SPEC_KEYS = {"distill.temperature": TEMPERATURES, "distill.weighting": WEIGHTINGS}
 
 
 class SearchSpace(Strict):
@@ -519,7 +542,7 @@ class StudyConfig(RunConfig):
     n_trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(None, gt=0)
     storage: str | None = None  # None: the journal file mlruns/optuna/journal.log
-    enqueue: list[dict[str, float]] = Field(default_factory=lambda: [{"temperature": 4.0, "alpha": 0.1}])
+    enqueue: list[dict[str, float | str]] = Field(default_factory=lambda: [{"temperature": 4.0, "alpha": 0.1}])
     keep_models: int = Field(3, ge=0)  # best trials whose student is logged as an MLflow model
     baseline: bool = False  # studies compare trials, not the student alone
 
@@ -532,8 +555,11 @@ class StudyConfig(RunConfig):
         if self.search.teacher_weights and len(self.teachers) < 2:
             raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
         base = flatten(self.model_dump(mode="json"))
+        self._check_conditions()
         for key in self.search.params:
-            if not self._searchable(key, base):
+            if self._spec_key(key) is not None:
+                self._check_spec_key(key)
+            elif not self._searchable(key, base):
                 raise ValueError(f"search.params.{key}: not a searchable config key (e.g. train.lr, train.weight_decay, student.args.widths)")
         names = set(self.searched_names())
         if not names:
@@ -554,7 +580,57 @@ class StudyConfig(RunConfig):
                 space = self._space(k)
                 if isinstance(space, FloatRange) and not space.low <= v <= space.high:
                     raise ValueError(f"enqueue.{i}.{k}: {v} is outside [{space.low}, {space.high}]")
+                if isinstance(space, Choice) and v not in space.choices:
+                    raise ValueError(f"enqueue.{i}.{k}: {v!r} is not one of {space.choices}")
         return self
+
+    def _check_conditions(self) -> None:
+        params = self.search.params
+        order = list(params)
+        for i, (key, space) in enumerate(params.items()):
+            for cond_key, wanted in (space.when or {}).items():
+                if cond_key not in order[:i]:
+                    raise ValueError(f"search.params.{key}.when: {cond_key} must be an earlier entry of search.params")
+                cond = params[cond_key]
+                if not isinstance(cond, Choice):
+                    raise ValueError(f"search.params.{key}.when: {cond_key} must be searched as choices")
+                bad = [v for v in (wanted if isinstance(wanted, list) else [wanted]) if v not in cond.choices]
+                if bad:
+                    raise ValueError(f"search.params.{key}.when: {bad} not among the choices of {cond_key} ({cond.choices})")
+        if self.search.temperature is not None and any(self._spec_key(k) == "distill.temperature" for k in params):
+            raise ValueError("search.temperature: set it to null when searching distill.temperature.* "
+                             "(a fixed T is distill.temperature.value, with when: {distill.temperature.kind: fixed})")
+        if self.search.teacher_weights and any(self._spec_key(k) == "distill.weighting" for k in params):
+            raise ValueError("search.teacher_weights: searched fixed weights and a searched weighting kind exclude each other; "
+                             "run them as two studies")
+
+    @staticmethod
+    def _spec_key(key: str) -> str | None:
+        """The spec prefix (``distill.temperature``, ``distill.weighting``) that ``key`` lies under, or None."""
+        return next((p for p in SPEC_KEYS if key.startswith(p + ".")), None)
+
+    def _check_spec_key(self, key: str) -> None:
+        """``<prefix>.kind`` searches registered kinds; ``<prefix>.<knob>`` must be a knob of every
+        kind it can be drawn with (its ``when`` kinds, else the searched kinds, else the file's kind)."""
+        prefix = self._spec_key(key)
+        registry = SPEC_KEYS[prefix]
+        knob, kind_key, space = key[len(prefix) + 1:], f"{prefix}.kind", self.search.params[key]
+        if knob == "kind":
+            bad = [c for c in getattr(space, "choices", [None]) if c not in registry.available()]
+            if bad:
+                raise ValueError(f"search.params.{key}: {bad} not {registry.what} kinds; available: {', '.join(registry.available())}")
+            return
+        if space.when and kind_key in space.when:
+            kinds = space.when[kind_key] if isinstance(space.when[kind_key], list) else [space.when[kind_key]]
+        elif kind_key in self.search.params:
+            kinds = list(self.search.params[kind_key].choices)
+        else:
+            current = self.distill.temperature if prefix == "distill.temperature" else self.distill.weighting
+            kinds = [current["kind"] if isinstance(current, dict) else "fixed"]
+        missing = [k for k in kinds if knob not in registry.knob_names(k)]
+        if missing:
+            raise ValueError(f"search.params.{key}: {registry.what} kind(s) {', '.join(missing)} have no knob {knob!r}; "
+                             f"condition it with when: {{{kind_key}: ...}}")
 
     def _searchable(self, key: str, base: dict[str, Any]) -> bool:
         if key.startswith(("search.", "sampler.", "pruner.", "objectives.", "tracking.", "data.", "enqueue.")):

@@ -68,6 +68,23 @@ def flatten_trial_rows(rows: Sequence[dict[str, Any]], objective_names: Sequence
     return flat
 
 
+def kind_groups(complete: Sequence[dict[str, Any]], params: Sequence[str], objective: str, direction: str) -> list[dict[str, Any]]:
+    """One row per value of every searched ``*.kind`` parameter (a temperature or weighting kind):
+    how many completed trials drew it, their best and mean ``objective``, and the best one's number."""
+    rows = []
+    for p in (p for p in params if p.endswith(".kind")):
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        for r in complete:
+            if r.get(p) is not None and r.get(objective) is not None:
+                groups.setdefault(r[p], []).append(r)
+        for kind, rs in groups.items():
+            pick = max if direction == "maximize" else min
+            best = pick(rs, key=lambda r: r[objective])
+            rows.append({"searched": p, "kind": kind, "trials": len(rs), "best": best[objective],
+                         "mean": sum(r[objective] for r in rs) / len(rs), "best_trial": best["number"]})
+    return sorted(rows, key=lambda r: (r["searched"], -r["best"] if direction == "maximize" else r["best"]))
+
+
 def study_markdown(
     name: str,
     rows: Sequence[dict[str, Any]],
@@ -109,6 +126,10 @@ def study_markdown(
                  for f in finals]
         lines += ["## Finalized on the whole training split (test set, mean ± std over seeds)", "",
                   markdown_table(frows, [("config", "config"), ("trial", "from trial"), ("seeds", "seeds"), ("test accuracy", "test accuracy")]), ""]
+    kinds = kind_groups(complete, params, obj, directions[0])
+    if kinds:
+        lines += ["## Completed trials by kind", "", markdown_table(kinds, [("searched", "searched"), ("kind", "kind"), ("trials", "trials"),
+                                                                        ("best", f"best {obj}"), ("mean", f"mean {obj}"), ("best_trial", "best trial")]), ""]
     lines += ["## All trials", "", markdown_table(sorted(flat, key=lambda r: r["number"]), [*cols[:1], ("state", "state"), *cols[1:], ("run_id", "MLflow run")]), ""]
     if figure_files:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figure_files] + [""]

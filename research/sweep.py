@@ -47,7 +47,8 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from .config import Choice, ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, config_hash, parse
+from .config import (SPEC_KEYS, Choice, ConfigError, FloatRange, IntRange, StudyConfig, apply_overrides, condition_holds,
+                     config_hash, parse)
 from .pipeline import Teacher, compress_run, load_run_data, obtain_teachers, train_student
 from .distill import TeacherLogitCache, normalize_teacher_weights
 from .tracking import DEFAULT_DIR, Tracker
@@ -138,7 +139,12 @@ def make_sampler(cfg: StudyConfig, *, worker: int = 0, started: int = 0) -> optu
     # constant_liar: other processes' RUNNING trials count as bad, so concurrent workers (or
     # machines joining a PostgreSQL study) steer away from one another's points; alone, it
     # changes nothing (the current trial is left out).
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    # group: conditional entries (search `when`) make trials' spaces differ; grouped TPE models
+    # each sub-space jointly instead of falling back to independent draws.
+    group = any(p.when for p in cfg.search.params.values())
+    with warnings.catch_warnings():  # group is marked experimental, and is what conditional spaces need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, group=group)
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -168,7 +174,8 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig) -> dict[str, Any]:
         trial.set_user_attr("teacher_weights", weights)
         values["distill.teacher_weights"] = weights
     for key, space in s.params.items():
-        values[key] = _suggest_one(trial, key, space)
+        if condition_holds(space.when, values):  # define-by-run: a conditional knob only with its kind
+            values[key] = _suggest_one(trial, key, space)
     return values
 
 
@@ -192,7 +199,15 @@ def _decode(cfg: StudyConfig, name: str, value: Any) -> Any:
 
 
 def trial_config(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
-    raw = apply_overrides(cfg.model_dump(mode="json"), [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in values.items()])
+    raw = cfg.model_dump(mode="json")
+    for prefix in SPEC_KEYS:  # a kind's spec: a searched kind starts afresh; a number or null becomes its fixed spec
+        drawn = [k for k in values if k.startswith(prefix + ".")]
+        if drawn:
+            section, name = prefix.split(".")
+            current = raw[section][name]
+            raw[section][name] = ({} if f"{prefix}.kind" in values else dict(current) if isinstance(current, dict)
+                                  else {"kind": "fixed", **({"value": current} if current is not None else {})})
+    raw = apply_overrides(raw, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in values.items()])
     raw["distill"]["teacher_weights"] = values.get("distill.teacher_weights", cfg.distill.teacher_weights)
     return parse(StudyConfig, raw, source="trial")
 
