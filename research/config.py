@@ -80,8 +80,9 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["none", "cosine", "step"] = "cosine"
+    schedule: Literal["none", "cosine", "step", "multistep"] = "cosine"
     step_size: int = Field(10, ge=1)  # step schedule: epochs between decays
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])  # multistep: decay after these epochs (CRD's CIFAR recipe)
     gamma: float = Field(0.1, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True

@@ -124,6 +124,7 @@ keep_models: 0
 """
 
 
+@pytest.mark.slow
 def test_a_study_searches_kinds_logs_them_per_trial_and_reports_by_kind(tmp_path, study_cache, blank_db):
     mp = pytest.MonkeyPatch()
     chdir_to(mp, tmp_path, blank_db)
