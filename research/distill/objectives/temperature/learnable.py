@@ -15,6 +15,10 @@ more so as the curriculum proceeds (the student's gradient is untouched). CTKD
 steps lambda once per epoch; here it moves per step, so it is exactly 0 only at
 the first step and the curriculum has no jumps. ``warmup_epochs: 0`` reverses
 fully from the start. theta has no weight decay (the objective's parameter group).
+The ramp is a curriculum only for an optimizer whose step scales with the
+gradient (CTKD trains with SGD): Adam's steps ignore the gradient's scale, so
+there lambda sets only the sign, and on MNIST-1D T reached its ceiling within
+the first epoch (benchmarks/results/mnist1d_adaptive/).
 
 Logs ``temperature`` (the value at the epoch's end), its range over the
 epoch's steps, and ``grl_factor`` (the last lambda).
