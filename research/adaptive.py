@@ -33,13 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from .config import ConfigError, DistillConfig, RunConfig, Strict, _load_named, parse
 from .distill import TeacherLogitCache
 from .pipeline import load_run_data, obtain_teachers, train_student
-from .report import _figure, figures_to_files, markdown_table
+from .report import figures_to_files, markdown_table, plot_adaptive
 from .tracking import Tracker
 
 
@@ -136,6 +137,7 @@ class _Runner:
         self.cfg, self.data, self.teachers, self.tracker, self.parent_id = cfg, data, teachers, tracker, parent_id
         self.cache = TeacherLogitCache()  # in memory: each teacher's logits computed once for the whole comparison
         self.memo: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, list[str]] = {}  # run id -> the table rows ("part:method") it counts in
         self.bar = tqdm(desc=f"adaptive {cfg.name}", unit="run", disable=not progress, dynamic_ncols=True)
 
     def __call__(self, part: str, method: str, overrides: dict[str, Any], teacher_idx: list[int], seed: int) -> dict[str, Any]:
@@ -177,7 +179,7 @@ def run_adaptive(cfg: AdaptiveConfig, out_dir: str | Path, *, config_path: str |
         rows, selection = _compare(cfg, run)
         run.bar.close()
         minutes = (time.perf_counter() - start) / 60
-        figure = adaptive_figure(rows)
+        figure = plot_adaptive(pd.DataFrame(rows).assign(is_baseline=lambda f: f["baseline"].isna()))
         files = figures_to_files({"adaptive_test_accuracy": figure}, out_dir)
         md = adaptive_markdown(cfg, rows, selection, teachers=[tracker.get_run(t.run_id).data.metrics if t.run_id else {} for t in teachers],
                                minutes=minutes, command=command, figure_files=files)
@@ -190,6 +192,11 @@ def run_adaptive(cfg: AdaptiveConfig, out_dir: str | Path, *, config_path: str |
                            "searched_weights": selection["searched_weights"]})
         for r in rows:
             parent.log_metrics({f"test_accuracy_mean.{_metric_name(r['method'])}": r["test_mean"]})
+        # Which runs make which row (a run can serve several: teacher 0 alone at T* is the fixed-T run),
+        # and each part's baseline: report.adaptive_table rebuilds the table from the runs with these.
+        for run_id, names in run.rows.items():
+            tracker.handle(run_id).set_tags({"rows": "|".join(names)})
+        parent.set_tags({"baselines": "|".join(f"{r['part']}:{r['method']}" for r in rows if r["baseline"] is None)})
         parent.log_metrics({"wall_minutes": minutes})
     except BaseException as e:
         parent.set_tags({"error": " ".join(f"{type(e).__name__}: {e}".split())[:500]})
@@ -219,6 +226,9 @@ def _compare(cfg: AdaptiveConfig, run: _Runner) -> tuple[list[dict[str, Any]], d
 
     def row(part: str, method: str, overrides: dict[str, Any], teacher_idx: list[int], baseline: str | None, chosen: str | None = None):
         results = [run(part, method, overrides, teacher_idx, s) for s in seeds]
+        for x in results:
+            if x["run_id"]:
+                run.rows.setdefault(x["run_id"], []).append(f"{part}:{method}")
         test = [r["test_accuracy"] for r in results]
         val = [r["val_accuracy"] for r in results]
         sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
@@ -320,29 +330,3 @@ def adaptive_markdown(cfg: AdaptiveConfig, rows: list[dict[str, Any]], selection
     if figure_files:
         lines += [f"![{Path(p).stem}]({Path(p).name})" for p in figure_files] + [""]
     return "\n".join(line for line in lines if line is not None)
-
-
-def adaptive_figure(rows: list[dict[str, Any]]):
-    """Two panels (temperature kinds; weightings): test accuracy mean ± sd per method, the baseline as a line."""
-    parts = list(dict.fromkeys(r["part"] for r in rows))
-    heights = [max(2.0, 0.45 * sum(r["part"] == p for r in rows) + 1.0) for p in parts]
-    fig = _figure(9, sum(heights) + 0.5)
-    axes = fig.subplots(len(parts), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)[:, 0]
-    for ax, part in zip(axes, parts):
-        rs = [r for r in rows if r["part"] == part][::-1]
-        ys = range(len(rs))
-        base = next((r for r in rs if r["baseline"] is None), None)
-        colors = ["#888888" if r["baseline"] is None or abs(r["delta"] or 0) < 5e-5 else ("#2a9d8f" if r["delta"] > 0 else "#e76f51") for r in rs]
-        ax.barh(list(ys), [100 * r["test_mean"] for r in rs], xerr=[100 * r["test_sd"] for r in rs], color=colors, capsize=3)
-        ax.set_yticks(list(ys), [r["method"] for r in rs], fontsize=8)
-        lo = min(100 * (r["test_mean"] - r["test_sd"]) for r in rs)
-        hi = max(100 * (r["test_mean"] + r["test_sd"]) for r in rs)
-        ax.set_xlim(lo - 0.3 * (hi - lo) - 0.5, hi + 0.1 * (hi - lo) + 0.5)
-        if base is not None:
-            ax.axvline(100 * base["test_mean"], color="black", linestyle="--", linewidth=1, label=f"baseline: {base['method']}")
-            ax.legend(fontsize=8, loc="lower right")
-        ax.set_title({"temperature": "temperature kinds (one teacher)", "teachers": "teacher weightings and combination rules"}.get(part, part),
-                     fontsize=10)
-        ax.set_xlabel("test accuracy (%), mean ± sd over seeds")
-        ax.grid(True, axis="x", alpha=0.3)
-    return fig
