@@ -226,9 +226,9 @@ def _compare(cfg: AdaptiveConfig, run: _Runner) -> tuple[list[dict[str, Any]], d
 
     def row(part: str, method: str, overrides: dict[str, Any], teacher_idx: list[int], baseline: str | None, chosen: str | None = None):
         results = [run(part, method, overrides, teacher_idx, s) for s in seeds]
-        for x in results:
+        for x in results:  # "index:part:method": the row's place in the table, for report.adaptive_table
             if x["run_id"]:
-                run.rows.setdefault(x["run_id"], []).append(f"{part}:{method}")
+                run.rows.setdefault(x["run_id"], []).append(f"{len(rows)}:{part}:{method}")
         test = [r["test_accuracy"] for r in results]
         val = [r["val_accuracy"] for r in results]
         sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)

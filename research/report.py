@@ -921,10 +921,10 @@ def adaptive_table(runs: pd.DataFrame) -> pd.DataFrame:
     """The table of an adaptive comparison (``research.adaptive``) rebuilt from its tracked runs.
 
     ``runs``: ``runs_frame`` of the comparison's experiment. The child runs carry a ``rows`` tag
-    ("part:method|..."; a run may count in several rows) and the parent run (role comparison) a
+    ("index:part:method|...", index: the row's place in the table; a run may count in several rows) and the parent run (role comparison) a
     ``baselines`` tag. Returns one row per (part, method), in the order the comparison made them:
     ``part``, ``method``, ``seeds``, ``test_mean``, ``test_sd`` (sample sd), ``val_mean``,
-    ``is_baseline``, ``delta`` (test mean minus the part's baseline). Empty when there is none.
+    ``is_baseline``, ``delta`` (test mean minus the part's baseline), in table order. Empty when there is none.
     """
     cols = ["part", "method", "seeds", "test_mean", "test_sd", "val_mean", "is_baseline", "delta"]
     if "rows" not in runs or "role" not in runs:
@@ -937,13 +937,14 @@ def adaptive_table(runs: pd.DataFrame) -> pd.DataFrame:
     children = runs[(runs.get("parent_run_id") == parent["run_id"]) & runs["rows"].notna()]
     children = children.sort_values("start_time")
     baselines = set(str(parent["baselines"]).split("|"))
-    order: dict[str, list[pd.Series]] = {}
+    order: dict[tuple[int, str, str], list[pd.Series]] = {}
     for _, r in children.iterrows():
-        for name in str(r["rows"]).split("|"):
-            order.setdefault(name, []).append(r)
+        for entry in str(r["rows"]).split("|"):
+            index, part, method = entry.split(":", 2)
+            order.setdefault((int(index), part, method), []).append(r)
     out = []
-    for name, rs in order.items():
-        part, method = name.split(":", 1)
+    for (_, part, method), rs in sorted(order.items(), key=lambda item: item[0][0]):
+        name = f"{part}:{method}"
         test = [float(r["test_accuracy"]) for r in rs]
         out.append({"part": part, "method": method, "seeds": len(rs), "test_mean": float(np.mean(test)),
                     "test_sd": float(np.std(test, ddof=1)) if len(test) > 1 else 0.0,

@@ -72,13 +72,14 @@ def test_tiny_comparison_chooses_on_validation_and_logs_one_parent_run(tmp_path,
 
     # the table rebuilt from the tracked runs (what notebooks/03_teachers shows) has the markdown's numbers
     table = report.adaptive_table(report.runs_frame("mnist1d_adaptive", uri))
-    assert list(table["method"])[:3] == ["fixed T (searched)", "ctkd", "std"] and (table["seeds"] == 2).all()
+    md_order = [line.split("|")[2].strip() for line in md.splitlines() if line.startswith(("| temperature |", "| teachers |"))]
+    assert list(table["method"]) == md_order and md_order[:3] == ["fixed T (searched)", "ctkd", "std"] and (table["seeds"] == 2).all()
     assert set(table.loc[table["is_baseline"], "method"]) == {"fixed T (searched)", "uniform ensemble"}
     for _, r in table.iterrows():
         line = next(x for x in md.splitlines() if x.startswith(f"| {r['part']} | {r['method']} |"))
         assert f"{100 * r['test_mean']:.2f} ± {100 * r['test_sd']:.2f}" in line
     # the fixed-T row's test mean, from the child runs directly
-    fixed_runs = [c for c in children if c.data.tags.get("rows", "").split("|").count("temperature:fixed T (searched)")]
+    fixed_runs = [c for c in children if "0:temperature:fixed T (searched)" in c.data.tags.get("rows", "").split("|")]
     assert len(fixed_runs) == 2
     assert table.iloc[0]["test_mean"] == pytest.approx(sum(c.data.metrics["test_accuracy"] for c in fixed_runs) / 2)
     fig = report.plot_adaptive(table)
