@@ -169,9 +169,9 @@ def run_adaptive(cfg: AdaptiveConfig, out_dir: str | Path, *, config_path: str |
     tracker = Tracker(cfg.tracking.uri)
     data = load_run_data(cfg, progress=progress)
     teachers = obtain_teachers(cfg, data, tracker, config_path=config_path, progress=progress)
-    parent = tracker.start(cfg.tracking.experiment, f"adaptive-{cfg.name}",
-                           tags={"role": "comparison", "method": "comparison", "dataset": cfg.data.dataset})
-    try:
+    # Tracker.run: the parent ends FINISHED, or KILLED / FAILED with the error as a tag.
+    with tracker.run(cfg.tracking.experiment, f"adaptive-{cfg.name}",
+                     tags={"role": "comparison", "method": "comparison", "dataset": cfg.data.dataset}) as parent:
         run = _Runner(cfg, data, teachers, tracker, parent.run_id, progress)
         parent.log_params({"seeds": spec.seeds, "select_seed": spec.select_seed, "fixed_temperatures": spec.fixed_temperatures,
                            "methods": [m.label for m in [*spec.temperature_methods, *spec.teacher_methods]]})
@@ -199,11 +199,6 @@ def run_adaptive(cfg: AdaptiveConfig, out_dir: str | Path, *, config_path: str |
             tracker.handle(run_id).set_tags({"rows": "|".join(names)})
         parent.set_tags({"baselines": "|".join(f"{r['part']}:{r['method']}" for r in rows if r["baseline"] is None)})
         parent.log_metrics({"wall_minutes": minutes})
-    except BaseException as e:
-        parent.set_tags({"error": " ".join(f"{type(e).__name__}: {e}".split())[:500]})
-        tracker.end(parent, "FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
-        raise
-    tracker.end(parent, "FINISHED")
     return table
 
 

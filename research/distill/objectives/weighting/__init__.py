@@ -67,6 +67,24 @@ class Weighting(nn.Module):
         return values
 
 
+class PerSampleWeighting(Weighting):
+    """A weighting whose [B, K] rows come from a per-sample rule over K >= 2 teachers
+    (:meth:`rows`); with one teacher every row is [1]."""
+
+    def rows(self, teachers: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
+        """[B, K] weights of K >= 2 teachers' logits (each [B, C]), rows on the simplex."""
+        raise NotImplementedError
+
+    def forward(self, teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor | None, progress: Any = None) -> torch.Tensor:
+        teachers = list(teacher_logits)
+        if len(teachers) == 1:
+            w = torch.ones(teachers[0].shape[0], 1, dtype=teachers[0].dtype, device=teachers[0].device)
+        else:
+            w = self.rows(teachers, labels)
+        self.record(w, progress)
+        return w
+
+
 WEIGHTINGS: ComponentRegistry[Weighting] = ComponentRegistry("weighting", Weighting)
 
 

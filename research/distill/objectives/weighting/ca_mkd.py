@@ -19,12 +19,11 @@ since the softmax runs over the teachers of one sample. One teacher: w = 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from research.distill.objectives.weighting import WEIGHTINGS, Weighting
+from research.distill.objectives.weighting import WEIGHTINGS, PerSampleWeighting
 
 
 def teacher_scores(teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
@@ -43,15 +42,9 @@ def teacher_scores(teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor 
 
 
 @WEIGHTINGS.register("ca_mkd")
-class CAMKD(Weighting):
+class CAMKD(PerSampleWeighting):
     """Per-sample [B, K] weights from the teachers' CE on the label (entropy when unlabeled)."""
 
-    def forward(self, teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor | None, progress: Any = None) -> torch.Tensor:
-        teachers = list(teacher_logits)
+    def rows(self, teachers: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
         k = len(teachers)
-        if k == 1:
-            w = torch.ones(teachers[0].shape[0], 1, dtype=teachers[0].dtype, device=teachers[0].device)
-        else:
-            w = ((1.0 - torch.softmax(teacher_scores(teachers, labels), dim=0)) / (k - 1)).t()  # [B, K]
-        self.record(w, progress)
-        return w
+        return ((1.0 - torch.softmax(teacher_scores(teachers, labels), dim=0)) / (k - 1)).t()  # [B, K]

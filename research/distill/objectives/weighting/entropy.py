@@ -14,29 +14,21 @@ teacher is certain (all H = 0) the weights are uniform. One teacher: w = 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from research.distill.objectives.weighting import WEIGHTINGS, Weighting
+from research.distill.objectives.weighting import WEIGHTINGS, PerSampleWeighting
 
 
 @WEIGHTINGS.register("entropy")
-class EntropyWeights(Weighting):
+class EntropyWeights(PerSampleWeighting):
     """Per-sample [B, K] weights, more for the lower-entropy teacher."""
 
-    def forward(self, teacher_logits: Sequence[torch.Tensor], labels: torch.Tensor | None, progress: Any = None) -> torch.Tensor:
-        teachers = list(teacher_logits)
+    def rows(self, teachers: list[torch.Tensor], labels: torch.Tensor | None) -> torch.Tensor:
         k = len(teachers)
-        if k == 1:
-            w = torch.ones(teachers[0].shape[0], 1, dtype=teachers[0].dtype, device=teachers[0].device)
-        else:
-            log_p = F.log_softmax(torch.stack([t.detach() for t in teachers]), dim=-1)  # [K, B, C]
-            h = -(log_p.exp() * log_p).sum(-1)  # [K, B]
-            total = h.sum(0, keepdim=True)
-            w = torch.where(total > 0, (1.0 - h / total.clamp_min(torch.finfo(h.dtype).tiny)) / (k - 1),
-                            torch.full_like(h, 1.0 / k)).t()
-        self.record(w, progress)
-        return w
+        log_p = F.log_softmax(torch.stack([t.detach() for t in teachers]), dim=-1)  # [K, B, C]
+        h = -(log_p.exp() * log_p).sum(-1)  # [K, B]
+        total = h.sum(0, keepdim=True)
+        return torch.where(total > 0, (1.0 - h / total.clamp_min(torch.finfo(h.dtype).tiny)) / (k - 1),
+                           torch.full_like(h, 1.0 / k)).t()
