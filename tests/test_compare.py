@@ -5,6 +5,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from research.adaptive import load_adaptive_config
 from research.cli import main
 from research.compare import run_config_for
 from research.config import ConfigError, MethodConfig, load_compare_config, load_run_config, load_study_config
@@ -164,6 +165,8 @@ def test_every_study_file_loads(path):
         assert all(m.compress is None or isinstance(m.compress, MethodConfig) for m in cfg.compare.methods)
     elif "\nsearch:" in text or "\nn_trials:" in text:
         load_study_config(path, check_files=False)
+    elif "\nadaptive:" in text:  # research.adaptive's comparison file
+        load_adaptive_config(path, check_files=False)
     else:
         load_run_config(path, check_files=False)
 

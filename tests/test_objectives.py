@@ -28,6 +28,8 @@ from research.distill.objectives import (
     validate_objective_args,
 )
 from research.distill.objectives.kd import KD
+from research.distill.objectives.temperature import TEMPERATURES
+from research.distill.objectives.weighting import WEIGHTINGS
 from research.train import fit, make_optimizer, train_step
 
 B, C = 8, 5
@@ -164,6 +166,48 @@ def test_contract_refuses_a_wrong_number_of_teachers_and_a_stacked_tensor(name):
         objective(s.float(), torch.stack([t.float() for t in ts[:2]]), y, PROGRESS)
 
 
+# ---------------------------------------------------------------- the same suite over every temperature and weighting kind
+# kd composes a temperature kind and a weighting kind (research/distill/objectives/temperature/ and
+# weighting/); a new kind is covered here without edits. learnable parameters (CTKD's theta, learned
+# weights) must reach the optimizer and stay finite, and the teachers stay untouched.
+
+
+def kind_factory(temperature=None, weighting=None, combine="probs"):
+    def make(k):
+        knobs = {"combine": combine}
+        if temperature is not None:
+            knobs["temperature"] = {"kind": temperature}
+        if weighting is not None:
+            knobs["weighting"] = {"kind": weighting}
+        return build_objective("kd", num_teachers=k, **knobs)
+    return make
+
+
+@pytest.mark.parametrize("kind", TEMPERATURES.available())
+@pytest.mark.parametrize("k", [1, 3])
+def test_contract_over_every_temperature_kind(kind, k):
+    make = kind_factory(temperature=kind)
+    objective = make(k).double()
+    check_finite_and_gradients_reach_only_the_student("kd", k, objective)
+    if list(objective.parameters()):  # e.g. CTKD's theta: it gets a (finite, non-zero) gradient
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
+    check_teachers_bit_identical_and_optimizer_sees_student_and_objective("kd", make)
+    check_deterministic("kd", k, make)
+
+
+@pytest.mark.parametrize("kind", WEIGHTINGS.available())
+@pytest.mark.parametrize("combine", ["probs", "logits", "kl_sum"])
+def test_contract_over_every_weighting_kind_and_combination_rule(kind, combine):
+    make = kind_factory(weighting=kind, combine=combine)
+    objective = make(3).double()
+    check_finite_and_gradients_reach_only_the_student("kd", 3, objective)
+    if list(objective.parameters()):  # learned weights get a gradient
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.parameters())
+    check_teachers_bit_identical_and_optimizer_sees_student_and_objective("kd", make)
+    check_deterministic("kd", 2, make)
+    check_finite_and_gradients_reach_only_the_student("kd", 1, make(1).double())  # one teacher: trivially weight 1
+
+
 # ---------------------------------------------------------------- kd: the first objective, the same numbers
 
 
@@ -214,7 +258,7 @@ def test_per_sample_teacher_weights_follow_the_mixture_formula():
 
 def test_registry_validates_knobs_from_the_signature_in_one_line():
     assert "kd" in available_objectives()
-    assert objective_knob_names("kd") == ["temperature", "alpha", "teacher_weights", "combine"]
+    assert objective_knob_names("kd") == ["temperature", "alpha", "teacher_weights", "combine", "weighting"]
     assert validate_objective_args("kd", {"temperature": "8"}) == {"temperature": 8.0}  # typed: coerced as pydantic does
     for knobs, match in [
         ({"alpha": 1.5}, r"objective 'kd': alpha: .*less than or equal to 1"),
@@ -256,7 +300,7 @@ def test_registration_refuses_a_broken_signature(scratch_registry):
 def test_existing_distill_config_keys_load_as_before():
     cfg = parse(RunConfig, {"distill": {"temperature": 8, "alpha": 0.5, "combine": "logits"}})
     assert cfg.distill.objective == "kd" and cfg.distill.args == {}
-    assert cfg.distill.objective_knobs() == {"temperature": 8.0, "alpha": 0.5, "teacher_weights": None, "combine": "logits"}
+    assert cfg.distill.objective_knobs() == {"temperature": 8.0, "alpha": 0.5, "teacher_weights": None, "combine": "logits", "weighting": None}
     raw = apply_overrides({"distill": {"temperature": 4.0}}, ["distill.alpha=0.3", "distill.temperature=2"])
     assert parse(RunConfig, raw).distill.objective_knobs()["alpha"] == 0.3
     with pytest.raises(ConfigError, match=r"^config: distill.alpha: Input should be less than or equal to 1 \(got 1.5\)$"):

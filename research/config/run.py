@@ -17,6 +17,8 @@ from pydantic_core import core_schema
 
 from ..data import DATASETS, check_data_available
 from ..distill.objectives import available_objectives, objective_knob_names, validate_objective_args
+from ..distill.objectives.temperature import TemperatureValue
+from ..distill.objectives.weighting import WeightingValue
 from ..models import validate_model_args
 from ..tasks import available_tasks
 from .base import ConfigError, Strict, TaggedUnion, apply_overrides, config_hash, parse, read_yaml
@@ -71,8 +73,9 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["none", "cosine", "step"] = "cosine"
+    schedule: Literal["none", "cosine", "step", "multistep"] = "cosine"
     step_size: int = Field(10, ge=1)  # step schedule: epochs between decays
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])  # multistep: decay after these epochs (CRD's CIFAR recipe)
     gamma: float = Field(0.1, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = True
@@ -160,21 +163,25 @@ class DistillConfig(Strict):
     """How the student learns from its teachers: a registered objective and its knobs.
 
     ``objective`` names one of ``research.distill.objectives`` (default ``kd``).
-    The shared knobs ``temperature``, ``alpha``, ``teacher_weights`` and
-    ``combine`` stay top-level (study files, search keys such as
+    The shared knobs ``temperature``, ``alpha``, ``teacher_weights``,
+    ``combine`` and ``weighting`` stay top-level (study files, search keys such as
     ``distill.temperature`` and ``--set distill.alpha=...`` use them) and reach the
     objective when its signature has them; setting one the objective lacks is an
     error. The objective's other knobs go under ``args`` and are checked against
     its signature (see the objectives module docstring for why this shape).
     """
 
-    SHARED_KNOBS: ClassVar[tuple[str, ...]] = ("temperature", "alpha", "teacher_weights", "combine")
+    SHARED_KNOBS: ClassVar[tuple[str, ...]] = ("temperature", "alpha", "teacher_weights", "combine", "weighting")
 
     objective: str = "kd"
-    temperature: float = Field(4.0, gt=0)
+    # A number (fixed T) or a temperature kind's spec, e.g. {kind: annealed, start: 8, end: 2}
+    # (research/distill/objectives/temperature/: each kind's knobs next to its code).
+    temperature: TemperatureValue = 4.0
     alpha: float = Field(0.1, ge=0, le=1)  # weight of the hard-label term
-    teacher_weights: list[float] | None = None
-    combine: Literal["probs", "logits"] = "probs"
+    teacher_weights: list[float] | None = None  # the fixed weighting's weights (uniform when null)
+    combine: Literal["probs", "logits", "kl_sum"] = "probs"
+    # None (fixed weights) or a weighting kind's spec, e.g. {kind: ca_mkd} (research/distill/objectives/weighting/).
+    weighting: WeightingValue = None
     cache_teacher_logits: bool = True
     args: dict[str, Any] = Field(default_factory=dict)  # the objective's own knobs beyond the shared ones
 

@@ -9,11 +9,27 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..distill.objectives.temperature import TEMPERATURES
+from ..distill.objectives.weighting import WEIGHTINGS
 from ..models import validate_model_args
 from ..sweep.space import Choice, FloatRange, IntRange, SearchEncoder, SearchSpace, SpaceError  # noqa: F401  (re-exported)
 from ..tasks import build_task
 from .base import Strict, flatten
 from .run import RunConfig, load_named
+
+
+# Config values that are a kind's spec ({kind: ..., knob: value}) and the registry of their kinds: a
+# study may search `<prefix>.kind` and `<prefix>.<knob>` (a knob conditioned on its kinds with main's
+# `when:`, research.sweep.space), e.g.
+#   distill.temperature.kind: {choices: [fixed, annealed]}
+#   distill.temperature.start: {low: 4, high: 16, when: {distill.temperature.kind: annealed}}
+# research.sweep.objective.trial_config builds the drawn spec.
+SPEC_KEYS = {"distill.temperature": TEMPERATURES, "distill.weighting": WEIGHTINGS}
+
+
+def spec_prefix(key: str) -> str | None:
+    """The spec prefix (``distill.temperature``, ``distill.weighting``) that ``key`` lies under, or None."""
+    return next((p for p in SPEC_KEYS if key.startswith(p + ".")), None)
 
 
 class SamplerConfig(Strict):
@@ -86,10 +102,14 @@ class StudyConfig(RunConfig):
         if self.search.teacher_weights and len(self.teachers) < 2:
             raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
         base = flatten(self.model_dump(mode="json"))
+        self._check_spec_exclusions()
         for key in self.search.params:
-            if not self._searchable(key, base):
+            if spec_prefix(key) is None and not self._searchable(key, base):
                 raise ValueError(f"search.params.{key}: not a searchable config key (e.g. train.lr, train.weight_decay, student.args.widths)")
         encoder = self.search_encoder()  # SpaceError (a ValueError naming the field) on a bad condition
+        for key in self.search.params:  # after the encoder: a knob's `when` kinds are valid choices by now
+            if spec_prefix(key) is not None:
+                self._check_spec_key(key)
         names = encoder.names
         if not names:
             raise ValueError("search: nothing to search; give temperature, alpha, teacher_weights or params")
@@ -112,6 +132,38 @@ class StudyConfig(RunConfig):
                 raise ValueError(f"enqueue.{i}.{e.name}: {e.reason}" if e.name else f"enqueue.{i}: {e.reason}") from None
         self.__dict__["enqueue"] = points  # numbers as their range's type: 4 and 4.0 are one study
         return self
+
+    def _check_spec_exclusions(self) -> None:
+        params = self.search.params
+        if self.search.temperature is not None and any(spec_prefix(k) == "distill.temperature" for k in params):
+            raise ValueError("search.temperature: set it to null when searching distill.temperature.* "
+                             "(a fixed T is distill.temperature.value, with when: {distill.temperature.kind: fixed})")
+        if self.search.teacher_weights and any(spec_prefix(k) == "distill.weighting" for k in params):
+            raise ValueError("search.teacher_weights: searched fixed weights and a searched weighting kind exclude each other; "
+                             "run them as two studies")
+
+    def _check_spec_key(self, key: str) -> None:
+        """``<prefix>.kind`` searches registered kinds; ``<prefix>.<knob>`` must be a knob of every
+        kind it can be drawn with (its ``when`` kinds, else the searched kinds, else the file's kind)."""
+        prefix = spec_prefix(key)
+        registry = SPEC_KEYS[prefix]
+        knob, kind_key, space = key[len(prefix) + 1:], f"{prefix}.kind", self.search.params[key]
+        if knob == "kind":
+            bad = [c for c in getattr(space, "choices", [None]) if c not in registry.available()]
+            if bad:
+                raise ValueError(f"search.params.{key}: {bad} not {registry.what} kinds; available: {', '.join(registry.available())}")
+            return
+        if kind_key in space.when:
+            kinds = space.when[kind_key] if isinstance(space.when[kind_key], list) else [space.when[kind_key]]
+        elif kind_key in self.search.params:
+            kinds = list(getattr(self.search.params[kind_key], "choices", []))
+        else:
+            current = self.distill.temperature if prefix == "distill.temperature" else self.distill.weighting
+            kinds = [current["kind"] if isinstance(current, dict) else "fixed"]
+        missing = [k for k in kinds if knob not in registry.knob_names(k)]
+        if missing:
+            raise ValueError(f"search.params.{key}: {registry.what} kind(s) {', '.join(map(str, missing))} have no knob {knob!r}; "
+                             f"condition it with when: {{{kind_key}: ...}}")
 
     def _checked_objectives(self) -> list[Objective]:
         """The objectives with their directions filled in; the task says which validation

@@ -12,12 +12,15 @@ One module a section:
 - ``comparison``: distillation against compression, the one table (``comparison_table``,
   ``comparison_markdown``) and the one Pareto chart (``plot_pareto``) of `research compare`
   and notebook 02;
-- ``teachers``: several teachers, notebook 03.
+- ``teachers``: several teachers, notebook 03;
+- ``adaptive``: the adaptive comparison (temperature kinds, teacher weightings) of
+  ``research.adaptive``, notebook 03 (``adaptive_table``, ``adaptive_comparison``, ``plot_adaptive``).
 
 Mean ± std over seeds, trial state counts and the best-first order of trials come from
 ``research.stats``. ``from research import report; report.X`` reaches every public name.
 """
 
+from .adaptive import adaptive_comparison, adaptive_table, plot_adaptive
 from .comparison import (
     COMPARISON_METRICS,
     comparison_figures,
@@ -47,6 +50,7 @@ from .study import (
     best_vs_defaults,
     finalized,
     flatten_trial_rows,
+    kind_groups,
     plot_finalized,
     plot_temperature_alpha,
     plot_trial_history,
@@ -65,9 +69,9 @@ from .teachers import (
 )
 
 __all__ = [
-    "COMPARISON_METRICS", "TRIAL_STATES", "axis_label", "best_trial", "best_vs_defaults", "clean_runs", "comparison_figures",
+    "COMPARISON_METRICS", "TRIAL_STATES", "adaptive_comparison", "adaptive_table", "axis_label", "best_trial", "best_vs_defaults", "clean_runs", "comparison_figures",
     "comparison_markdown", "comparison_runs", "comparison_table", "dominant_teacher", "figures_to_files", "final_runs_of", "finalized",
-    "flatten_trial_rows", "format_cell", "markdown_table", "method_summary", "new_figure", "pareto_front", "pareto_mask", "plot_finalized",
+    "flatten_trial_rows", "format_cell", "kind_groups", "markdown_table", "method_summary", "new_figure", "pareto_front", "pareto_mask", "plot_adaptive", "plot_finalized",
     "plot_pareto", "plot_teacher_weights", "plot_temperature_alpha", "plot_trial_history", "plot_vs_single_teacher", "plot_weight_simplex",
     "resolve_tracking_uri", "runs_frame", "seed_means", "single_teacher_comparison", "study_markdown", "study_run_figures", "study_run_of",
     "teacher_weights", "teachers_of", "trial_runs", "trials_of", "trials_overview",

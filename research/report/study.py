@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..stats import best_first, direction_sign, format_mean_std, format_state_counts, state_counts
+from ..stats import best_first, best_of, direction_sign, format_mean_std, format_state_counts, mean_std, state_counts
 from .figures import new_figure
 from .runs import best_trial, final_runs_of, runs_frame, study_run_of, trials_of
 from .tables import markdown_table
@@ -40,6 +40,24 @@ def flatten_trial_rows(rows: Sequence[dict[str, Any]], objective_names: Sequence
             f[name] = v
         flat.append(f)
     return flat
+
+
+def kind_groups(complete: Sequence[dict[str, Any]], params: Sequence[str], objective: str, direction: str) -> list[dict[str, Any]]:
+    """One row per value of every searched ``*.kind`` parameter (a temperature or weighting kind):
+    how many completed trials drew it, their best and mean ``objective``, and the best one's number;
+    rows of one parameter best kind first (``stats.best_first``)."""
+    rows = []
+    for p in (p for p in params if p.endswith(".kind")):
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        for r in complete:
+            if r.get(p) is not None and r.get(objective) is not None:
+                groups.setdefault(r[p], []).append(r)
+        for kind, rs in groups.items():
+            best = best_of(rs, value=lambda r: r[objective], number=lambda r: r["number"], direction=direction)
+            rows.append({"searched": p, "kind": kind, "trials": len(rs), "best": best[objective],
+                         "mean": mean_std(r[objective] for r in rs)[0], "best_trial": best["number"]})
+    sign = direction_sign(direction)
+    return sorted(rows, key=lambda r: (r["searched"], sign * r["best"], r["best_trial"]))
 
 
 def study_markdown(
@@ -83,6 +101,10 @@ def study_markdown(
                  for f in final.to_dict("records")]
         lines += ["## Finalized on the whole training split (test set, mean ± std over seeds)", "",
                   markdown_table(frows, [("config", "config"), ("trial", "from trial"), ("seeds", "seeds"), ("test accuracy", "test accuracy")]), ""]
+    kinds = kind_groups(complete, params, obj, directions[0])
+    if kinds:
+        lines += ["## Completed trials by kind", "", markdown_table(kinds, [("searched", "searched"), ("kind", "kind"), ("trials", "trials"),
+                                                                        ("best", f"best {obj}"), ("mean", f"mean {obj}"), ("best_trial", "best trial")]), ""]
     lines += ["## All trials", "", markdown_table(sorted(flat, key=lambda r: r["number"]), [*cols[:1], ("state", "state"), *cols[1:], ("run_id", "MLflow run")]), ""]
     if figure_files:
         lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in figure_files] + [""]

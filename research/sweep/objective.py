@@ -25,6 +25,7 @@ import yaml
 from optuna.trial import FrozenTrial
 
 from ..config import StudyConfig, apply_overrides, parse
+from ..config.study import SPEC_KEYS
 from ..distill import TeacherLogitCache
 from ..pipeline import RunContext, Teacher, compress_run, train_student
 from ..tasks import Task, build_task
@@ -53,9 +54,20 @@ class StudyContext:
 
 def trial_config(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
     """The study's config with ``values`` ({dotted key: config value}, from the search
-    encoder) applied as ``--set`` overrides would be, validated again (ConfigError)."""
+    encoder) applied as ``--set`` overrides would be, validated again (ConfigError).
+
+    A kind's spec (``distill.temperature``, ``distill.weighting``; SPEC_KEYS) with a drawn
+    ``<prefix>.kind`` starts afresh (the file's other kind's knobs would not fit); with only
+    knobs drawn, the file's spec is kept, a number or null becoming its fixed spec."""
+    raw = cfg.model_dump(mode="json")
+    for prefix in SPEC_KEYS:
+        if any(k.startswith(prefix + ".") for k in values):
+            section, name = prefix.split(".")
+            current = raw[section][name]
+            raw[section][name] = ({} if f"{prefix}.kind" in values else dict(current) if isinstance(current, dict)
+                                  else {"kind": "fixed", **({"value": current} if current is not None else {})})
     overrides = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in values.items()]
-    return parse(StudyConfig, apply_overrides(cfg.model_dump(mode="json"), overrides), source="trial")
+    return parse(StudyConfig, apply_overrides(raw, overrides), source="trial")
 
 
 def trial_values(trial: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:

@@ -17,7 +17,8 @@ Its knobs are the keyword parameters of its ``__init__`` after
 default; pydantic constraints go into the annotation
 (``alpha: Annotated[float, Field(ge=0, le=1)] = 0.1``). At registration the
 signature becomes a pydantic model, so a config is checked (names, types,
-ranges, one-line messages) before anything is built -- the way
+ranges, one-line messages; rules across knobs in an optional ``check_knobs``
+classmethod) before anything is built -- the way
 ``research.models.validate_model_args`` checks a model's arguments against its
 factory's signature.
 
@@ -51,21 +52,23 @@ A new objective: a file in this package with a subclass of :class:`Objective`
 decorated with ``@register_objective``, plus its import line at the bottom of
 this module. The contract tests (tests/test_objectives.py) parametrize over
 :func:`available_objectives`, so they cover it without edits. A new
-teacher-weighting rule is a subclass of ``KD`` overriding
-:meth:`KD.teacher_weights` (per batch [K] or per sample [B, K]), in its own file.
+temperature rule or teacher-weighting rule is not a new objective but a
+*kind* that ``kd`` composes: one file in ``objectives/temperature/`` or
+``objectives/weighting/`` and its import line there (see
+:mod:`research.distill.objectives.components`).
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ValidationError
 from torch import nn
+
+from research.distill.objectives.components import knob_model
 
 __all__ = [
     "Objective",
@@ -161,7 +164,6 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
-_FIXED = ("self", "num_teachers")
 
 
 def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
@@ -184,20 +186,7 @@ def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]
 
 
 def _knob_model(name: str, cls: type[Objective]) -> type[BaseModel]:
-    params = list(inspect.signature(cls.__init__).parameters.values())
-    if len(params) < 2 or params[1].name != "num_teachers":
-        raise ValueError(f"objective {name!r}: __init__ must take num_teachers as its first argument")
-    hints = typing.get_type_hints(cls.__init__, include_extras=True)
-    fields: dict[str, Any] = {}
-    for p in params[2:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise ValueError(f"objective {name!r}: knobs must be named parameters, not *{p.name}")
-        if p.name not in hints:
-            raise ValueError(f"objective {name!r}: knob {p.name!r} needs a type annotation")
-        if p.default is p.empty:
-            raise ValueError(f"objective {name!r}: knob {p.name!r} needs a default (a config may name only the objective)")
-        fields[p.name] = (hints[p.name], p.default)
-    return create_model(f"{cls.__name__}Knobs", __config__=ConfigDict(extra="forbid"), **fields)
+    return knob_model(f"objective {name!r}", cls)
 
 
 def available_objectives() -> list[str]:
@@ -243,6 +232,12 @@ def validate_objective_args(name: str, knobs: Mapping[str, Any] | None) -> dict[
         got = err.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         raise ValueError(f"objective {name!r}: {loc}: {err['msg'].removeprefix('Value error, ')}{shown}") from None
+    check = getattr(entry.cls, "check_knobs", None)
+    if check is not None:  # rules across knobs (a classmethod of the objective), defaults filled in
+        try:
+            check(validated.model_dump())
+        except ValueError as e:
+            raise ValueError(f"objective {name!r}: {e}") from None
     return {k: getattr(validated, k) for k in knobs}
 
 
