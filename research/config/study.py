@@ -17,7 +17,6 @@ from ..tasks import build_task
 from .base import Strict, flatten
 from .run import RunConfig, load_named
 
-
 # Config values that are a kind's spec ({kind: ..., knob: value}) and the registry of their kinds: a
 # study may search `<prefix>.kind` and `<prefix>.<knob>` (a knob conditioned on its kinds with main's
 # `when:`, research.sweep.space), e.g.

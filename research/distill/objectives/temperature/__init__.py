@@ -127,7 +127,7 @@ def build_temperature(value: float | Mapping[str, Any], *, num_teachers: int) ->
 
 
 # Imported last: these modules register their kinds in TEMPERATURES above.
-from research.distill.objectives.temperature import (  # noqa: F401
+from research.distill.objectives.temperature import (  # noqa: E402, F401
     annealed,
     entropy,
     fixed,

@@ -111,4 +111,4 @@ def build_weighting(spec: Mapping[str, Any] | None, *, num_teachers: int, teache
 
 
 # Imported last: these modules register their kinds in WEIGHTINGS above.
-from research.distill.objectives.weighting import ca_mkd, entropy, fixed, learned  # noqa: F401
+from research.distill.objectives.weighting import ca_mkd, entropy, fixed, learned  # noqa: E402, F401

@@ -14,7 +14,6 @@ teacher is certain (all H = 0) the weights are uniform. One teacher: w = 1.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
