@@ -56,6 +56,7 @@ from .study import (
     plot_trial_history,
     study_markdown,
     study_run_figures,
+    trials_by_kind,
     trials_overview,
 )
 from .tables import format_cell, markdown_table
@@ -71,7 +72,7 @@ from .teachers import (
 __all__ = [
     "COMPARISON_METRICS", "TRIAL_STATES", "adaptive_comparison", "adaptive_table", "axis_label", "best_trial", "best_vs_defaults", "clean_runs", "comparison_figures",
     "comparison_markdown", "comparison_runs", "comparison_table", "dominant_teacher", "figures_to_files", "final_runs_of", "finalized",
-    "flatten_trial_rows", "format_cell", "kind_groups", "markdown_table", "method_summary", "new_figure", "pareto_front", "pareto_mask", "plot_adaptive", "plot_finalized",
+    "flatten_trial_rows", "format_cell", "kind_groups", "trials_by_kind", "markdown_table", "method_summary", "new_figure", "pareto_front", "pareto_mask", "plot_adaptive", "plot_finalized",
     "plot_pareto", "plot_teacher_weights", "plot_temperature_alpha", "plot_trial_history", "plot_vs_single_teacher", "plot_weight_simplex",
     "resolve_tracking_uri", "runs_frame", "seed_means", "single_teacher_comparison", "study_markdown", "study_run_figures", "study_run_of",
     "teacher_weights", "teachers_of", "trial_runs", "trials_of", "trials_overview",

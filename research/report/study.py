@@ -60,6 +60,20 @@ def kind_groups(complete: Sequence[dict[str, Any]], params: Sequence[str], objec
     return sorted(rows, key=lambda r: (r["searched"], sign * r["best"], r["best_trial"]))
 
 
+def trials_by_kind(trials: pd.DataFrame, objective: str = "val_accuracy", direction: str = "maximize") -> pd.DataFrame:
+    """The trial frame of ``runs.trials_of`` grouped by every temperature or weighting kind that
+    varied among its completed trials (a ``...kind`` column, from the trial's logged config):
+    one row per kind with its trial count, best and mean ``objective`` and best trial
+    (``kind_groups``). Empty, with those columns, when the study searched no kind."""
+    columns = ["searched", "kind", "trials", "best", "mean", "best_trial"]
+    if trials.empty or objective not in trials or "state" not in trials:
+        return pd.DataFrame(columns=columns)
+    done = trials[(trials["state"] == "COMPLETE") & trials[objective].notna()]
+    searched = [c for c in done.columns if str(c).endswith(".kind") and done[c].nunique(dropna=True) > 1]
+    rows = [{**r, "number": int(r["trial"])} for r in done.to_dict("records")]
+    return pd.DataFrame(kind_groups(rows, searched, objective, direction), columns=columns)
+
+
 def study_markdown(
     name: str,
     rows: Sequence[dict[str, Any]],
