@@ -114,13 +114,42 @@ def write_error_reason(e: BaseException) -> str | None:
     return None
 
 
+# Extra waits (s) when SQLite answers "database is locked": several processes (study workers,
+# all closing their runs at once on a signal) write one store, and SQLite's own busy wait
+# (5 s) can run out on a loaded machine. A locked write changed nothing, so it is retried.
+_LOCKED_RETRY_DELAYS = (0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0, 2.0, 2.0)
+
+
+def _is_locked(e: BaseException | None) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if "database is locked" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _retrying_locked(call):
+    """``call()``, retried while the store is locked (see _LOCKED_RETRY_DELAYS)."""
+    for delay in _LOCKED_RETRY_DELAYS:
+        try:
+            return call()
+        except Exception as e:
+            if not _is_locked(e):
+                raise
+            time.sleep(delay)
+    return call()
+
+
 def _store_errors(method):
-    """Turns a failed write to the store into :class:`TrackingWriteError` naming the store."""
+    """Turns a failed write to the store into :class:`TrackingWriteError` naming the store;
+    a write that found the store locked by another process is retried first."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
-            return method(self, *args, **kwargs)
+            return _retrying_locked(lambda: method(self, *args, **kwargs))
         except TrackingWriteError:
             raise
         except Exception as e:

@@ -158,6 +158,6 @@ def _mark_failed_run(tracker: Tracker):
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
-            tracker.client.set_tag(run_id, "optuna_state", trial.state.name)
+            tracker.handle(run_id).set_tags({"optuna_state": trial.state.name})  # retried while the store is locked
 
     return callback
