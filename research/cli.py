@@ -389,11 +389,12 @@ def _study_run(args: argparse.Namespace) -> int:
     tracker = Tracker(cfg.tracking.uri)
     from .pipeline import check_models, load_run_data
 
-    check_models(cfg, load_run_data(cfg, progress=False), tracker)  # models that do not fit the data: before the study exists
+    data = load_run_data(cfg, progress=not args.no_progress)  # loaded once: checked here, trained on by the study
+    check_models(cfg, data, tracker)  # models that do not fit the data: before the study exists
     study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
     _recover(study, tracker)
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
-                              timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress)
+                              timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress, data=data)
 
 
 def _study_resume(args: argparse.Namespace) -> int:
@@ -428,14 +429,14 @@ def _recover(study, tracker) -> None:
         print(f"enqueued again the default(s) lost with trial(s) {done.requeued}", file=sys.stderr)
 
 
-def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress) -> int:
+def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress, data=None) -> int:
     import time
 
     from . import sweep
 
     t0 = time.perf_counter()
     try:
-        sweep.launch(cfg, study, storage, n_trials=n_trials, workers=workers, timeout_s=timeout, progress=progress)
+        sweep.launch(cfg, study, storage, n_trials=n_trials, workers=workers, timeout_s=timeout, progress=progress, data=data)
     except BaseException:
         parent = study.user_attrs.get(sweep.ATTR_PARENT)
         if parent:  # the parent run must not stay RUNNING forever

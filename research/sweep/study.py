@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial
 from tqdm.auto import tqdm
 
 from ..config import StudyConfig, config_hash, parse
+from ..data import DataBundle
 from ..distill import TeacherLogitCache
 from ..pipeline import load_run_data, obtain_teachers
 from ..tracking import Tracker, mask_url
@@ -126,10 +127,11 @@ def load_existing(name: str, storage: str, *, worker: int = 0, started: int | No
     return study, cfg
 
 
-def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool) -> StudyContext:
-    """Data and teachers (trained, or found in MLflow by their key) for this process's trials."""
+def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool, data: DataBundle | None = None) -> StudyContext:
+    """Data (``data`` when the caller already loaded it) and teachers (trained, or found in
+    MLflow by their key) for this process's trials."""
     tracker = Tracker(study.user_attrs.get(ATTR_TRACKING_URI) or cfg.tracking.uri)
-    data = load_run_data(cfg, progress=progress)
+    data = data if data is not None else load_run_data(cfg, progress=progress)
     teachers = obtain_teachers(cfg, data, tracker, progress=progress)
     cache = TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
     return StudyContext(cfg, study, tracker, study.user_attrs[ATTR_PARENT], data, teachers, cache, progress=False)
@@ -158,14 +160,16 @@ def launch(
     workers: int = 1,
     timeout_s: float | None = None,
     progress: bool = True,
+    data: DataBundle | None = None,
 ) -> None:
     """Run ``n_trials`` more trials with ``workers`` processes; a progress bar shows
-    trials done, the best value so far and the time left. Raises WorkerError when a
-    worker process exits with an error."""
+    trials done, the best value so far and the time left. ``data``: the run data when the
+    caller already loaded it (not loaded again). Raises WorkerError when a worker process
+    exits with an error."""
     start_count = count_finished(study)
     started = started_trials(study)  # the workers' seeds derive from it (see sampler_seed)
     # Teachers first, once (trained, or found in MLflow by their key); workers then reuse them.
-    ctx = prepare_context(cfg, study, progress=progress)
+    ctx = prepare_context(cfg, study, progress=progress, data=data)
     bar = tqdm(total=n_trials, desc=f"study {cfg.name}", unit="trial", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1:
