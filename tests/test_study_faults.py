@@ -177,10 +177,14 @@ def test_kill_9_of_one_worker_then_resume(tmp_path, monkeypatch, study_cache, bl
     errors = [line for line in log.read_text().splitlines() if line.startswith("research: error:")]
     assert len(errors) == 1 and "worker(s) exited" in errors[0] and f"-{int(signal.SIGKILL)}" in errors[0], log.read_text()
     assert "Traceback" not in log.read_text()
+    # The parent saw its worker die: the trial and its run are failed before it exits, not at resume.
+    client = client_for(tmp_path)
+    dead = load(tmp_path, "k9w").trials[victim.number]
+    assert dead.state == TrialState.FAIL and f"worker exited with code -{int(signal.SIGKILL)}" in dead.user_attrs["lost"]
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
 
     assert main(["study", "resume", "k9w", "--no-progress"]) == 0
     study = load(tmp_path, "k9w")
-    client = client_for(tmp_path)
     dead = study.trials[victim.number]
     assert dead.state == TrialState.FAIL and f"worker process {worker}" in dead.user_attrs["lost"]
     assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
@@ -240,6 +244,29 @@ def test_sigterm_in_a_trial_closes_trial_and_runs_exits_143_and_resume_completes
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL", "COMPLETE"]  # 2 results, the lost one apart
     assert_nothing_running(study, client, "term")
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+def test_a_signal_landing_while_optuna_tells_leaves_no_trial_running(tmp_path, monkeypatch, study_cache, blank_db):
+    """The objective closes its own trial on Ctrl-C/SIGTERM; a signal that arrives while Optuna
+    stores the result (outside the objective) is caught by the process on its way out. Optuna's
+    tell is wrapped here to stand for that moment (an internal name: the only seam there is)."""
+    import optuna.study._optimize as optimize
+
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("tell", study_cache, n_trials=2))
+    real = optimize._tell_with_warning
+
+    def tell(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, inside this frame
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "_tell_with_warning", tell)
+    assert main(["study", "run", "s.yaml", "--no-progress"]) == 143
+    study = load(tmp_path, "tell")
+    [trial] = study.get_trials()
+    assert trial.state == TrialState.FAIL
+    assert "SIGTERM" in trial.user_attrs["lost"] and f"its process {os.getpid()} stopped" in trial.user_attrs["lost"]
+    assert_nothing_running(study, client_for(tmp_path), "tell")
 
 
 def test_ctrl_c_in_an_enqueued_default_then_resume_runs_the_default_again(tmp_path, monkeypatch, study_cache, blank_db):
@@ -382,8 +409,12 @@ def test_sigterm_to_study_run_with_workers_is_forwarded_and_resume_completes(tmp
     for t in study.get_trials():
         with pytest.raises(ProcessLookupError):
             os.kill(t.user_attrs["worker"]["pid"], 0)
-    assert study.trials[victim.number].state == TrialState.FAIL and "SIGTERM" in study.trials[victim.number].user_attrs["lost"]
-    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    lost = study.trials[victim.number].user_attrs.get("lost", "")
+    assert study.trials[victim.number].state == TrialState.FAIL and "SIGTERM" in lost, log.read_text()
+    # KILLED when the worker closed its run itself; FAILED when it outlived the parent's grace
+    # period (a loaded machine: seen once in CI) and the parent failed its trial and run.
+    expected = "FAILED" if "forwarded to the workers" in lost else "KILLED"
+    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == expected
     assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "KILLED"
     assert_nothing_running(study, client, "fwd")
 

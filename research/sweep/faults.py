@@ -27,6 +27,7 @@ point) is a result and is not repeated.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -96,9 +97,13 @@ class Recovery:
     requeued: list[int] = field(default_factory=list)
 
 
-def recover(study: optuna.Study, tracker: Tracker) -> Recovery:
+def recover(study: optuna.Study, tracker: Tracker, *, cause: str | None = None, mine: bool = False) -> Recovery:
     """Fail the RUNNING trials whose worker is gone, close their MLflow runs FAILED,
-    and enqueue lost defaults again once (see the module docstring)."""
+    and enqueue lost defaults again once (see the module docstring). ``cause``: what the
+    caller knows of why the workers are gone (e.g. the signal it forwarded), put before
+    the reason in the ``lost`` attr. ``mine``: also fail this process's own RUNNING trials
+    (it is on its way out: an interrupt that landed while Optuna asked or told, outside the
+    objective's clean-up, left one RUNNING)."""
     out = Recovery()
     storage = study._storage
     if isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled():
@@ -106,9 +111,14 @@ def recover(study: optuna.Study, tracker: Tracker) -> Recovery:
             optuna.storages.fail_stale_trials(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
-        reason = worker_gone(t.user_attrs.get(ATTR_WORKER), t.user_attrs.get(ATTR_HEARTBEAT), started)
+        worker = t.user_attrs.get(ATTR_WORKER)
+        if mine and worker == worker_identity():
+            reason = f"its process {os.getpid()} stopped"
+        else:
+            reason = worker_gone(worker, t.user_attrs.get(ATTR_HEARTBEAT), started)
         if reason is None:
             continue
+        reason = f"{cause}; {reason}" if cause else reason
         try:
             storage.set_trial_user_attr(t._trial_id, ATTR_LOST, reason)
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -28,6 +28,7 @@ from ..data import DataBundle
 from ..distill import TeacherLogitCache
 from ..pipeline import load_run_data, obtain_teachers
 from ..tracking import Tracker, mask_url
+from .faults import recover
 from .objective import StudyContext, _mark_failed_run, make_objective
 from .storage import (
     ATTR_CONFIG,
@@ -138,11 +139,36 @@ def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool, da
 
 
 def run_trials(ctx: StudyContext, n_trials: int, *, timeout_s: float | None = None, callbacks: Sequence[Callable] = ()) -> None:
-    """Run ``n_trials`` trials in this process; a failing trial is FAIL and the study goes on."""
-    ctx.study.optimize(
-        make_objective(ctx), n_trials=n_trials, timeout=timeout_s, catch=(Exception,),
-        callbacks=[_mark_failed_run(ctx.tracker), *callbacks],
-    )
+    """Run ``n_trials`` trials in this process; a failing trial is FAIL and the study goes on.
+    On Ctrl-C or SIGTERM no trial of this process is left RUNNING (see faults.recover)."""
+    try:
+        ctx.study.optimize(
+            make_objective(ctx), n_trials=n_trials, timeout=timeout_s, catch=(Exception,),
+            callbacks=[_mark_failed_run(ctx.tracker), *callbacks],
+        )
+    except BaseException as e:
+        interrupt = _interrupt_behind(e)
+        if interrupt is None:
+            raise
+        # The objective closes its own trial; an interrupt that lands while Optuna asks or
+        # tells does not reach it. A store error here must not hide the interrupt.
+        with contextlib.suppress(Exception):
+            recover(ctx.study, ctx.tracker, cause=f"interrupted ({interrupt or 'Ctrl-C'})", mine=True)
+        if interrupt is e:
+            raise
+        raise interrupt from None
+
+
+def _interrupt_behind(e: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM that ``e`` is, or that it was raised while handling. Optuna 5's
+    optimize loop turns an interrupt during its tell into an UnboundLocalError (its
+    ``finally`` reads a variable the interrupted call never set): the interrupt is what counts."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, KeyboardInterrupt):
+            return e
+        e, seen = e.__context__, seen + 1
+    return None
 
 
 def split_trials(total: int, workers: int) -> list[int]:
@@ -195,11 +221,18 @@ def launch(
                     _poll(bar, study, cfg, start_count)
                     time.sleep(1.0)
             except BaseException as e:  # Ctrl-C, SIGTERM (research.signals.Terminated), or an error here
-                _stop_workers(procs, getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else signal.SIGTERM)
+                signum = getattr(e, "signum", signal.SIGINT) if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+                _stop_workers(procs, signum)
+                # A worker killed after the grace period (or one that died on its own) left its
+                # trial RUNNING: fail it now rather than at the next resume (which would also do it,
+                # so a store error here must not hide the interrupt's exit code).
+                with contextlib.suppress(Exception):
+                    recover(study, ctx.tracker, cause=f"interrupted ({signal.Signals(signum).name} forwarded to the workers)")
                 raise
             _poll(bar, study, cfg, start_count)
             bad = [p.returncode for p in procs if p.returncode != 0]
             if bad:
+                recover(study, ctx.tracker, cause=f"worker exited with code {bad[0]}")
                 raise WorkerError(f"{len(bad)} worker(s) exited with an error (exit codes {bad}; -N: killed by signal N). "
                                   f"`research study resume {cfg.name}` fails their trials and runs the rest")
     finally:
@@ -208,7 +241,7 @@ def launch(
 
 def _stop_workers(procs: list[subprocess.Popen], signum: int, timeout_s: float = 120.0) -> None:
     """Forward ``signum`` to the workers still running and wait while they close their trials
-    and runs; one that outlives ``timeout_s`` is killed (recover() fails its trial later)."""
+    and runs; one that outlives ``timeout_s`` is killed (the caller's recover() fails its trial)."""
     for p in procs:
         if p.poll() is None:
             with contextlib.suppress(ProcessLookupError):
