@@ -162,16 +162,25 @@ def encoded_payload_bytes(t: torch.Tensor) -> int:
 
 def compact_payload_bytes(model: nn.Module) -> int:
     """Payload of ``model``'s compact file: each parameter as :func:`encoded_payload_bytes`
-    (sparse values + their indices, or dense), the buffers as ``research.evaluate.payload_bytes``
-    counts them (dense); pruning reparametrisations made permanent first (on a copy)."""
-    from research.evaluate import payload_bytes
+    (sparse values + their indices, or dense), each persistent buffer dense at its dtype
+    (``research.evaluate.tensor_payload_bytes``; BatchNorm's ``num_batches_tracked`` left out,
+    as ``research.evaluate.payload_bytes`` does). A pruning reparametrisation counts as the
+    permanent weight it stands for (``weight_orig * weight_mask``; the mask is not stored);
+    read without copying the model, which such a model does not allow."""
+    from research.evaluate import tensor_payload_bytes
 
-    skeleton = _without_pruning_hooks(copy.deepcopy(model)).cpu()
-    params = dict(skeleton.named_parameters())
-    total = sum(encoded_payload_bytes(p.data) for p in params.values())
-    for p in params.values():
-        p.data = torch.empty(0, dtype=p.dtype)  # counted above; the rest is the buffers
-    return total + payload_bytes(skeleton)
+    state = model.state_dict()
+    total, masks = 0, set()
+    for name, p in model.named_parameters():
+        p = p.detach().cpu()
+        if name.endswith("_orig") and name.removesuffix("_orig") + "_mask" in state:
+            masks.add(name.removesuffix("_orig") + "_mask")
+            p = p * state[name.removesuffix("_orig") + "_mask"].cpu()
+        total += encoded_payload_bytes(p)
+    for name, b in model.named_buffers():
+        if name in state and name not in masks and not name.endswith("num_batches_tracked"):
+            total += tensor_payload_bytes(b)
+    return total
 
 
 def compact_size_bytes(model: nn.Module) -> int:
