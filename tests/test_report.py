@@ -67,15 +67,17 @@ def test_budgets_met_over_and_overshot_are_labelled():
         dict(method="distill+prune", budget=2.0, seed=0, test_accuracy=0.8, params=95, params_nonzero=49),   # 4.08x: far under
         dict(method="prune", budget=4.0, seed=0, test_accuracy=0.7, params=200, params_nonzero=51),          # 3.92x: over 50
         dict(method="lowrank", budget=4.0, seed=0, test_accuracy=0.7, params=50, params_nonzero=50),         # exactly 1/4
+        dict(method="prune", budget=2.0, seed=0, test_accuracy=0.8, params=200, params_nonzero=101),         # 1.980x: just over 100
         dict(method="int8", budget=None, seed=0, test_accuracy=0.85, params=200),
     ])
-    t = report.comparison_table(rows).set_index("method")
-    assert t["within_budget"].to_dict() == {"teacher": True, "distill": True, "distill+prune": True, "prune": False, "lowrank": True,
-                                            "int8": None}
-    md = report.comparison_markdown("b", t.reset_index(), teacher_params=200, seeds=[0])
-    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1] for line in md.splitlines() if line.startswith("| ") and "---" not in line}
-    assert cells == {"method": "budget", "teacher": "1x", "distill": "2x", "distill+prune": "2x (reached 4.1x)",
-                     "prune": "4x (over: 3.9x)", "lowrank": "4x", "int8": "-"}
+    t = report.comparison_table(rows)
+    keys = [f"{m} {b:g}x" if pd.notna(b) else m for m, b in zip(t["method"], t["budget"])]
+    assert dict(zip(keys, t["within_budget"])) == {"teacher 1x": True, "distill 2x": True, "distill+prune 2x": True, "prune 2x": False,
+                                                   "prune 4x": False, "lowrank 4x": True, "int8": None}
+    md = report.comparison_markdown("b", t, teacher_params=200, seeds=[0])
+    cells = [line.split(" | ")[:2] for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert cells == [["| method", "budget"], ["| int8", "-"], ["| teacher", "1x"], ["| distill", "2x"], ["| distill+prune", "2x (reached 4.1x)"],
+                     ["| prune", "2x (over: 1.98x)"], ["| lowrank", "4x"], ["| prune", "4x (over: 3.9x)"]]
 
 
 def test_the_comparison_charts_are_drawn_on_the_payload():

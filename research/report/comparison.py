@@ -195,7 +195,10 @@ def budget_label(budget: float | None, reached: float | None, within: bool | Non
     if reached is None or within is None or pd.isna(within):
         return f"{budget:g}x"
     if not within:
-        return f"{budget:g}x (over: {reached:.1f}x)"
+        digits = 1
+        while digits < 4 and round(reached, digits) >= budget:  # never "2x (over: 2.0x)": enough digits to show it is under 2
+            digits += 1
+        return f"{budget:g}x (over: {reached:.{digits}f}x)"
     if reached > REACHED_LABEL_RATIO * budget:
         return f"{budget:g}x (reached {reached:.1f}x)"
     return f"{budget:g}x"
