@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", default="mlruns/server-artifacts", help="folder (or URI) for the artifacts (default: mlruns/server-artifacts)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for other machines)")
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard over a study's storage",
+                       description="Serve optuna-dashboard on 127.0.0.1 over the storage that holds study NAME (resolved as "
+                                   "the `research study` commands do); Ctrl-C stops it.")
+    p.add_argument("name", help="an existing study in that storage")
+    p.add_argument("--storage", help="Optuna storage: a journal file path or a database URL (default: mlruns/optuna/journal.log)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     return parser
 
 
@@ -484,8 +492,23 @@ def _study_finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from . import sweep
+
+    try:
+        sweep.serve_dashboard(args.name, sweep.storage_url(args.storage), host=args.host, port=args.port,
+                              announce=lambda line: print(line, flush=True))
+    except sweep.StudyError as e:
+        return _fail(str(e))
+    except OSError as e:  # the port is taken or cannot be bound
+        return _fail(f"optuna-dashboard cannot listen on {args.host}:{args.port}: {e.strerror or e}", 1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (research.signals)
+        pass
+    return 0
+
+
 COMMANDS = {"train-teacher": cmd_train_teacher, "distill": cmd_distill, "compress": cmd_compress, "compare": cmd_compare,
-            "study": cmd_study, "ui": cmd_ui, "server": cmd_server}
+            "study": cmd_study, "ui": cmd_ui, "server": cmd_server, "dashboard": cmd_dashboard}
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .compress import compression_method
 from .config import CompareConfig, CompareMethod
-from .evaluate import count_parameters
+from .evaluate import count_parameters, payload_bytes
 from .pipeline import RunContext, RunResult, compress_run, load_run_data, obtain_teachers, train_student
 from .report import comparison_figures, comparison_markdown, comparison_table, figures_to_files
 from .tracking import Tracker
@@ -64,6 +64,8 @@ def run_comparison(cfg: CompareConfig, out_dir: str | Path, *, config_path: str 
                     results.append({"method": method.label, "budget": budget, "seed": seed, "run_id": r.run_id, **r.metrics})
                     bar.update(1)
         teacher_metrics = dict(tracker.get_run(teachers[0].run_id).data.metrics) if teachers[0].run_id else {}
+        if teacher_metrics and "payload_bytes" not in teacher_metrics:  # a teacher reused from a run logged before payloads
+            teacher_metrics["payload_bytes"] = float(payload_bytes(teachers[0].model))
         if teacher_metrics:
             results.append({"method": "teacher", "budget": 1.0, "seed": -1, "run_id": teachers[0].run_id, **teacher_metrics})
         runs = pd.DataFrame(results)

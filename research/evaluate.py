@@ -96,6 +96,65 @@ def saved_model_bytes(model: nn.Module | dict) -> int:
         os.remove(path)
 
 
+def tensor_payload_bytes(t: torch.Tensor) -> int:
+    """Bytes of one tensor's values at the precision it is stored in.
+
+    * plain tensor: ``numel * element_size`` (float32 4, float16 2, int8 1 bytes an element);
+    * torch quantized tensor (``torch.ao``, e.g. qint8 weights): its integer values at 1 byte an
+      element plus its quantizer as torch keeps it: per-tensor one float64 scale and one int64
+      zero point (8 + 8 bytes), per-channel a float64 scale and an int64 zero point per channel;
+    * tensor subclass that flattens into inner tensors (torchao's ``Int8Tensor``: int8 ``qdata``,
+      float32 ``scale``, int8 ``zero_point``): the sum over those inner tensors.
+    """
+    if t.is_quantized:
+        values = t.numel() * t.element_size()
+        if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            return values + 8 + 8  # q_scale() is a double, q_zero_point() an int64
+        scales, zeros = t.q_per_channel_scales(), t.q_per_channel_zero_points()
+        return values + scales.numel() * scales.element_size() + zeros.numel() * zeros.element_size()
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if type(t) is not torch.Tensor and type(t) is not nn.Parameter and flatten is not None:
+        names, _ = flatten()
+        return sum(tensor_payload_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def _tensors_in(value) -> list[torch.Tensor]:
+    """The tensors inside a state_dict value (packed int8 params are a (weight, bias) tuple)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors_in(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    return []  # dtypes and other non-tensor entries (a packed params' dtype) hold no weights
+
+
+def payload_bytes(model: nn.Module) -> int:
+    """Bytes of the numbers the deployed ``model`` needs, each tensor at its stored precision
+    (:func:`tensor_payload_bytes`), summed over its ``state_dict`` (parameters and persistent
+    buffers, int8 packed params unpacked): what a model weighs, without ``torch.save``'s
+    container (a 710-parameter MLP is 2,840 bytes of float32 in a ~9 KB file).
+
+    Left out, as no deployed model needs them: BatchNorm's ``num_batches_tracked`` (a training
+    counter), the unused output ``scale``/``zero_point`` of ``torch.ao`` dynamic int8 layers, and
+    the masks of ``torch.nn.utils.prune`` reparametrisations (``weight_orig`` counts as the dense
+    weight it becomes once pruning is made permanent; a format that stores sparsity counts it
+    itself: ``research.compress.storage.compact_payload_bytes``).
+    Example: ``nn.Linear(10, 5)`` in float32 is (50 + 5) * 4 = 220 bytes."""
+    state = model.state_dict()
+    dynamic_int8 = [name for name, m in model.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic")]
+    skip = {f"{name}.{attr}" if name else attr for name in dynamic_int8 for attr in ("scale", "zero_point")}
+    total = 0
+    for key, value in state.items():
+        if key in skip or key.endswith("num_batches_tracked"):
+            continue
+        if key.endswith("_mask") and key.removesuffix("_mask") + "_orig" in state:
+            continue
+        total += sum(tensor_payload_bytes(t) for t in _tensors_in(value))
+    return total
+
+
 def _cpu_copy(model: nn.Module) -> nn.Module:
     if all(p.device.type == "cpu" for p in model.parameters()):
         return model
@@ -148,11 +207,13 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], *, example: Exampl
 
 def deployment_metrics(model: nn.Module, input_shape: Sequence[int], *, repeats: int = 30, threads: int = 1,
                        example: ExampleInput | None = None) -> dict[str, float]:
-    """Parameters, bytes as saved, FLOPs and CPU latency; ``example`` as in :func:`measure_latency_ms`."""
+    """Parameters, bytes as saved (``size_bytes``, the torch.save file) and as weighed
+    (``payload_bytes``, :func:`payload_bytes`), FLOPs and CPU latency; ``example`` as in :func:`measure_latency_ms`."""
     return {
         "params": float(count_parameters(model)),
         "params_nonzero": float(count_parameters(model, nonzero=True)),
         "size_bytes": float(saved_model_bytes(model)),
+        "payload_bytes": float(payload_bytes(model)),
         "flops": float(count_flops(model, input_shape, example=example)),
         "latency_b1_ms": measure_latency_ms(model, input_shape, batch_size=1, repeats=repeats, threads=threads, example=example),
         "latency_b256_ms": measure_latency_ms(model, input_shape, batch_size=256, repeats=max(3, repeats // 3), threads=threads,

@@ -121,6 +121,11 @@ compare:
     assert by[("int8", None)]["size_bytes"] < 0.75 * by[("prune_structured", "2.0")]["size_bytes"] * 2
     md = (work / "rep" / "comparison.md").read_text()
     assert "| distill | 2x |" in md and "| int8 | - |" in md and "teacher" in md
+    # the 4x student's 1,374 parameters are more than 5,210 / 4 = 1,302.5: labelled, 5,210 / 1,374 = 3.79x
+    assert "| distill | 4x (over: 3.8x) |" in md
+    # payloads: the 2x student in float32, 2,474 x 4 bytes; int8 well under the float teacher's 5,210 x 4
+    assert by[("distill", "2.0")]["payload_bytes"] == 2474 * 4
+    assert by[("int8", None)]["payload_bytes"] < 0.5 * 5210 * 4
     for png in ("pareto_accuracy_vs_size.png", "pareto_accuracy_vs_latency.png"):
         assert (work / "rep" / png).stat().st_size > 5000
 

@@ -393,6 +393,7 @@ def test_executorch_float_program_matches_pytorch(et_float, mlp, data):
     # XNNPACK takes the whole MLP: one delegate, nothing left to ExecuTorch's portable kernels
     assert et_float.extra["pte_delegates"] == 1 and et_float.extra["pte_ops_outside_delegates"] == 0
     assert et_float.params == PARAMS["mlp"] and et_float.flops == FLOPS["mlp"]
+    assert et_float.payload_bytes == PARAMS["mlp"] * 4  # the float32 network lowered into the program
 
 
 def test_executorch_int8_is_smaller_and_stays_close_to_float_accuracy(et_int8, et_float, mlp, data):
@@ -401,6 +402,9 @@ def test_executorch_int8_is_smaller_and_stays_close_to_float_accuracy(et_int8, e
     assert et_int8.extra["pte_max_abs_diff"] > 1e-3  # really int8: not the float program
     assert et_int8.size_bytes < 0.45 * et_float.size_bytes, (et_int8.size_bytes, et_float.size_bytes)
     assert et_int8.tags["dtype"] == "int8" and et_float.tags["dtype"] == "float32"
+    # the lowered int8 network: 15,000 int8 weights, one float32 scale and one int64 zero point per
+    # output channel (100 + 100 + 10 = 210 channels), 210 float32 biases
+    assert et_int8.payload_bytes == 15000 + 210 * 4 + 210 * 8 + 210 * 4 == 18360
 
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")

@@ -12,16 +12,16 @@ def results() -> pd.DataFrame:
     """Rows as `research compare` collects them: (method, budget, seed) and the run's metrics."""
     rows = [
         # distill at 2x: accuracy 0.90, 0.80, 0.85 over three seeds
-        *[dict(method="distill", budget=2.0, seed=s, test_accuracy=a, params=100, params_nonzero=100, size_bytes=1000, latency_b1_ms=0.1)
-          for s, a in enumerate([0.90, 0.80, 0.85])],
-        *[dict(method="distill", budget=4.0, seed=s, test_accuracy=a, params=50, params_nonzero=50, size_bytes=500, latency_b1_ms=0.1)
-          for s, a in enumerate([0.70, 0.70, 0.70])],
-        dict(method="prune", budget=2.0, seed=0, test_accuracy=0.80, params=200, params_nonzero=100, size_bytes=1000, latency_b1_ms=0.2),
-        dict(method="prune", budget=4.0, seed=0, test_accuracy=0.60, params=200, params_nonzero=50, size_bytes=1100, latency_b1_ms=0.2),
+        *[dict(method="distill", budget=2.0, seed=s, test_accuracy=a, params=100, params_nonzero=100, size_bytes=1000, payload_bytes=400,
+               latency_b1_ms=0.1) for s, a in enumerate([0.90, 0.80, 0.85])],
+        *[dict(method="distill", budget=4.0, seed=s, test_accuracy=a, params=50, params_nonzero=50, size_bytes=500, payload_bytes=200,
+               latency_b1_ms=0.1) for s, a in enumerate([0.70, 0.70, 0.70])],
+        dict(method="prune", budget=2.0, seed=0, test_accuracy=0.80, params=200, params_nonzero=100, size_bytes=1000, payload_bytes=600, latency_b1_ms=0.2),
+        dict(method="prune", budget=4.0, seed=0, test_accuracy=0.60, params=200, params_nonzero=50, size_bytes=1100, payload_bytes=300, latency_b1_ms=0.2),
         # int8 has no budget (one model for all) and logs no params_nonzero
-        dict(method="int8", budget=None, seed=0, test_accuracy=0.84, params=200, size_bytes=300, latency_b1_ms=0.05),
-        dict(method="int8", budget=None, seed=1, test_accuracy=0.86, params=200, size_bytes=300, latency_b1_ms=0.07),
-        dict(method="teacher", budget=1.0, seed=-1, test_accuracy=0.95, params=200, params_nonzero=200, size_bytes=2000, latency_b1_ms=0.2),
+        dict(method="int8", budget=None, seed=0, test_accuracy=0.84, params=200, size_bytes=300, payload_bytes=250, latency_b1_ms=0.05),
+        dict(method="int8", budget=None, seed=1, test_accuracy=0.86, params=200, size_bytes=300, payload_bytes=250, latency_b1_ms=0.07),
+        dict(method="teacher", budget=1.0, seed=-1, test_accuracy=0.95, params=200, params_nonzero=200, size_bytes=2000, payload_bytes=800, latency_b1_ms=0.2),
     ]
     return pd.DataFrame(rows)
 
@@ -53,9 +53,44 @@ def test_comparison_markdown_rows():
     md = report.comparison_markdown("demo", t, teacher_params=200, seeds=[0, 1, 2], figure_files=["out/pareto_accuracy_vs_size.png"])
     lines = md.splitlines()
     assert lines[0] == "# Comparison `demo`" and "mean ± std over seeds [0, 1, 2]" in md
-    assert "| distill | 2x | 85.00 ± 5.00 | 100 | 2.0x | 1,000 | 0.100 | - |" in lines
-    assert "| int8 | - | 85.00 ± 1.41 | 200 | 1.0x | 300 | 0.060 | - |" in lines
+    assert "| method | budget | test accuracy | non-zero params | reached | payload bytes | file bytes | latency b1 ms | latency b256 ms |" in lines
+    assert "| distill | 2x | 85.00 ± 5.00 | 100 | 2.0x | 400 | 1,000 | 0.100 | - |" in lines
+    assert "| int8 | - | 85.00 ± 1.41 | 200 | 1.0x | 250 | 300 | 0.060 | - |" in lines
     assert lines[-1] == "![pareto_accuracy_vs_size](pareto_accuracy_vs_size.png)"
+
+
+def test_budgets_met_over_and_overshot_are_labelled():
+    # teacher 200 parameters: 2x allows 100, 4x allows 50
+    rows = pd.DataFrame([
+        dict(method="teacher", budget=1.0, seed=-1, test_accuracy=0.9, params=200, params_nonzero=200),
+        dict(method="distill", budget=2.0, seed=0, test_accuracy=0.8, params=95, params_nonzero=95),          # 2.105x: met, close
+        dict(method="distill+prune", budget=2.0, seed=0, test_accuracy=0.8, params=95, params_nonzero=49),   # 4.08x: far under
+        dict(method="prune", budget=4.0, seed=0, test_accuracy=0.7, params=200, params_nonzero=51),          # 3.92x: over 50
+        dict(method="lowrank", budget=4.0, seed=0, test_accuracy=0.7, params=50, params_nonzero=50),         # exactly 1/4
+        dict(method="prune", budget=2.0, seed=0, test_accuracy=0.8, params=200, params_nonzero=101),         # 1.980x: just over 100
+        dict(method="int8", budget=None, seed=0, test_accuracy=0.85, params=200),
+    ])
+    t = report.comparison_table(rows)
+    keys = [f"{m} {b:g}x" if pd.notna(b) else m for m, b in zip(t["method"], t["budget"])]
+    assert dict(zip(keys, t["within_budget"])) == {"teacher 1x": True, "distill 2x": True, "distill+prune 2x": True, "prune 2x": False,
+                                                   "prune 4x": False, "lowrank 4x": True, "int8": None}
+    md = report.comparison_markdown("b", t, teacher_params=200, seeds=[0])
+    cells = [line.split(" | ")[:2] for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert cells == [["| method", "budget"], ["| int8", "-"], ["| teacher", "1x"], ["| distill", "2x"], ["| distill+prune", "2x (reached 4.1x)"],
+                     ["| prune", "2x (over: 1.98x)"], ["| lowrank", "4x"], ["| prune", "4x (over: 3.9x)"]]
+
+
+def test_the_comparison_charts_are_drawn_on_the_payload():
+    figs = report.comparison_figures(results())
+    assert figs["pareto_accuracy_vs_size"].axes[0].get_xlabel() == report.axis_label("payload_bytes")
+    assert figs["pareto_accuracy_vs_latency"].axes[0].get_xlabel() == report.axis_label("latency_b1_ms")
+    # runs logged before payloads were measured: the file bytes
+    old = report.comparison_figures(results().drop(columns="payload_bytes"))
+    assert old["pareto_accuracy_vs_size"].axes[0].get_xlabel() == report.axis_label("size_bytes")
+    t = report.comparison_table(results(), teacher_params=200)
+    # on the payload, prune 4x (300 bytes, 0.60) is on prune's front: prune 2x (600 bytes) is larger
+    front = dict(zip(zip(t["method"], t["budget"].fillna(0)), t["front_payload_bytes"]))
+    assert front[("prune", 4.0)] and front[("prune", 2.0)]
 
 
 def test_seed_means_groups_by_the_configuration_tags():

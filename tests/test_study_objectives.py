@@ -35,7 +35,7 @@ def test_directions_are_filled_from_the_task_and_for_costs_and_kept_when_given()
     assert pairs(study_cfg([{"metric": "val_accuracy", "direction": "minimize"}])) == [("val_accuracy", "minimize")]  # as written
 
 
-@pytest.mark.parametrize("metric", ["val_errors", "val_ece", "val_agreement", "val_kl_to_teacher", "params_nonzero", "size_bytes", "flops"])
+@pytest.mark.parametrize("metric", ["val_errors", "val_ece", "val_agreement", "val_kl_to_teacher", "params_nonzero", "size_bytes", "payload_bytes", "flops"])
 def test_every_run_metric_of_the_task_and_every_cost_can_be_an_objective(metric):
     assert study_cfg([{"metric": metric, "direction": "minimize"}]).objectives[0].metric == metric
 

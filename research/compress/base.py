@@ -88,7 +88,9 @@ class CompressedModel:
     ``model`` runs under ``research.evaluate.predict`` (a ``RuntimeModule`` for the
     ONNX Runtime and ExecuTorch forms). ``size_bytes`` is the size of its
     deployable file (``format``) as really written; ``save(path)`` writes that
-    same file and ``format.load(path)`` reads it back. ``params``/``params_nonzero``/
+    same file and ``format.load(path)`` reads it back. ``payload_bytes`` is what
+    that file holds without its container: each tensor at its stored precision,
+    sparse tensors as values + indices (``FileFormat.payload_bytes``). ``params``/``params_nonzero``/
     ``flops`` are those of the network it computes (for int8 and runtime forms: of
     the float network that was converted).
     """
@@ -102,6 +104,7 @@ class CompressedModel:
     flops: int
     extra: dict[str, float] = field(default_factory=dict)  # numbers worth logging as metrics
     tags: dict[str, str] = field(default_factory=dict)  # words worth logging as tags (backend, exporter, ...)
+    payload_bytes: int | None = None  # None: not measured (a CompressedModel built by hand)
 
     @property
     def fmt(self) -> str:
@@ -144,12 +147,15 @@ class CompressionMethod:
         return type(self.cfg).model_validate({**self.cfg.model_dump(), **knobs})
 
     def measured(self, model: nn.Module, ctx: CompressContext, *, reference: nn.Module | None = None,
-                 extra: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> CompressedModel:
+                 extra: dict[str, float] | None = None, tags: dict[str, str] | None = None,
+                 payload_bytes: int | None = None) -> CompressedModel:
         """The :class:`CompressedModel` of a finished ``model`` in this method's file format.
 
         ``reference``: the float torch network that ``model`` computes when it is an int8
         or runtime form (its parameters and FLOPs are reported). A torch result
         (``reference`` None) goes back to the CPU, in the input model's train/eval mode.
+        ``payload_bytes``: given by formats whose file cannot be read back into tensors here
+        (ExecuTorch), else measured by the format (``FileFormat.payload_bytes``).
         """
         if reference is None:
             model = model.cpu().train(ctx.was_training)
@@ -160,6 +166,7 @@ class CompressionMethod:
             params=count_parameters(net), params_nonzero=count_parameters(net, nonzero=True),
             flops=count_flops(net, ctx.data.input_shape), extra=dict(extra or {}),
             tags={"method": self.name, **(tags or {})},
+            payload_bytes=fmt.payload_bytes(model) if payload_bytes is None else payload_bytes,
         )
 
     def __repr__(self) -> str:

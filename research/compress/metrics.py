@@ -7,6 +7,8 @@ model needs:
 
 * ``size_bytes``: the bytes of its deployable form as written (compact file
   for sparse models, ONNX file for ONNX Runtime models), not ``torch.save``;
+* ``payload_bytes``: the tensors of that form at their stored precision, sparse
+  ones as values + indices (``CompressedModel.payload_bytes``), without the file's container;
 * latency of a runtime-backed model (ONNX Runtime, ExecuTorch): measured in
   that runtime itself (:meth:`research.compress.runtime.RuntimeModule.latency_ms`),
   same protocol.
@@ -46,6 +48,7 @@ def compressed_deployment_metrics(cm: "CompressedModel", input_shape: Sequence[i
         "params": float(cm.params),
         "params_nonzero": float(cm.params_nonzero),
         "size_bytes": float(cm.size_bytes),
+        **({} if cm.payload_bytes is None else {"payload_bytes": float(cm.payload_bytes)}),
         "flops": float(cm.flops),
         "latency_b1_ms": b1,
         "latency_b256_ms": b256,

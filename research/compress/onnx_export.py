@@ -127,6 +127,36 @@ class OnnxFile(FileFormat):
     def load(self, path, *, template=None) -> OrtModule:
         return OrtModule(Path(path).read_bytes(), description="onnx file")
 
+    def payload_bytes(self, model: nn.Module) -> int:
+        return onnx_payload_bytes(model.model_bytes)
+
+
+def onnx_payload_bytes(model_bytes: bytes) -> int:
+    """Bytes of the tensors an ONNX model stores, each at its ONNX data type: the graph's
+    initializers (weights; for int8 models the int8 weights and their scale and zero-point
+    tensors) and the values of its ``Constant`` nodes, subgraphs included;
+    ``numel * itemsize`` each. Not the protobuf's framing, names or graph."""
+    import onnx
+    from onnx import helper
+
+    def graph_bytes(graph) -> int:
+        tensors = list(graph.initializer)
+        total = 0
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    tensors.append(attr.t)
+                elif attr.type == onnx.AttributeProto.GRAPH:
+                    total += graph_bytes(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    total += sum(graph_bytes(g) for g in attr.graphs)
+        for t in tensors:
+            numel = int(np.prod(t.dims)) if len(t.dims) else 1
+            total += numel * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        return total
+
+    return graph_bytes(onnx.load_from_string(model_bytes).graph)
+
 
 ONNX_FILE = OnnxFile()
 

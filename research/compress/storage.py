@@ -17,7 +17,9 @@ where each parameter is stored in whichever of three encodings is smallest:
   nnz x (index size + itemsize) -- wins at very high sparsity.
 
 ``load_compact`` rebuilds the whole module, bit-identical to the one saved.
-Sizes are always ``os.path.getsize`` of a file really written.
+Sizes are always ``os.path.getsize`` of a file really written; payloads
+(``FileFormat.payload_bytes``) count only the tensors' bytes in it, the sparse
+ones as values + indices (``compact_payload_bytes``).
 
 The deployable file of every compression method is a :class:`FileFormat`
 (how it is written, sized and reloaded): :data:`TORCH`, :data:`COMPACT` and
@@ -147,6 +149,40 @@ def load_compact(path: str | os.PathLike, map_location: str | torch.device = "cp
     return module
 
 
+def encoded_payload_bytes(t: torch.Tensor) -> int:
+    """Bytes of ``t`` as :func:`save_compact` stores it: dense ``numel * itemsize``, or the
+    encoding's own tensors at their dtypes (bitmask: ceil(numel/8) uint8 + nnz values; index:
+    nnz int16/int32 positions + nnz values)."""
+    e = encode_tensor(t)
+    if e is None:
+        return t.numel() * t.element_size()
+    parts = [e["values"], e["mask"] if e["kind"] == "bitmask" else e["index"]]
+    return sum(p.numel() * p.element_size() for p in parts)
+
+
+def compact_payload_bytes(model: nn.Module) -> int:
+    """Payload of ``model``'s compact file: each parameter as :func:`encoded_payload_bytes`
+    (sparse values + their indices, or dense), each persistent buffer dense at its dtype
+    (``research.evaluate.tensor_payload_bytes``; BatchNorm's ``num_batches_tracked`` left out,
+    as ``research.evaluate.payload_bytes`` does). A pruning reparametrisation counts as the
+    permanent weight it stands for (``weight_orig * weight_mask``; the mask is not stored);
+    read without copying the model, which such a model does not allow."""
+    from research.evaluate import tensor_payload_bytes
+
+    state = model.state_dict()
+    total, masks = 0, set()
+    for name, p in model.named_parameters():
+        p = p.detach().cpu()
+        if name.endswith("_orig") and name.removesuffix("_orig") + "_mask" in state:
+            masks.add(name.removesuffix("_orig") + "_mask")
+            p = p * state[name.removesuffix("_orig") + "_mask"].cpu()
+        total += encoded_payload_bytes(p)
+    for name, b in model.named_buffers():
+        if name in state and name not in masks and not name.endswith("num_batches_tracked"):
+            total += tensor_payload_bytes(b)
+    return total
+
+
 def compact_size_bytes(model: nn.Module) -> int:
     """Bytes of the compact file of ``model`` as really written."""
     return _bytes_written(lambda p: save_compact(model, p))
@@ -186,6 +222,14 @@ class FileFormat:
         """Bytes of ``model``'s file in this format, as really written (to a temporary file)."""
         return _bytes_written(lambda p: self.save(model, p))
 
+    def payload_bytes(self, model: nn.Module) -> int:
+        """Bytes of the numbers ``model``'s file holds, each tensor at its stored precision,
+        without the container (``research.evaluate.payload_bytes``; formats that store sparsity
+        or other tensors override it)."""
+        from research.evaluate import payload_bytes
+
+        return payload_bytes(model)
+
     def __repr__(self) -> str:
         return f"<file format {self.name}>"
 
@@ -212,6 +256,9 @@ class CompactFile(FileFormat):
 
     def load(self, path, *, template=None) -> nn.Module:
         return load_compact(path)
+
+    def payload_bytes(self, model: nn.Module) -> int:
+        return compact_payload_bytes(model)
 
 
 class StateDictFile(FileFormat):

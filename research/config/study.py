@@ -52,7 +52,7 @@ class PrunerConfig(Strict):
 
 
 # Run metrics that measure the model's cost (research.evaluate.deployment_metrics): lower is better.
-COST_METRICS = ("params", "params_nonzero", "size_bytes", "latency_b1_ms", "latency_b256_ms", "flops")
+COST_METRICS = ("params", "params_nonzero", "size_bytes", "payload_bytes", "latency_b1_ms", "latency_b256_ms", "flops")
 
 
 class Objective(Strict):

@@ -23,6 +23,7 @@ Mean ± std over seeds, trial state counts and the best-first order of trials co
 from .adaptive import adaptive_comparison, adaptive_table, plot_adaptive
 from .comparison import (
     COMPARISON_METRICS,
+    budget_label,
     comparison_figures,
     comparison_markdown,
     comparison_runs,
@@ -32,6 +33,7 @@ from .comparison import (
     pareto_mask,
     plot_pareto,
     seed_means,
+    size_metric,
 )
 from .figures import axis_label, figures_to_files, new_figure
 from .runs import (
@@ -70,10 +72,10 @@ from .teachers import (
 )
 
 __all__ = [
-    "COMPARISON_METRICS", "TRIAL_STATES", "adaptive_comparison", "adaptive_table", "axis_label", "best_trial", "best_vs_defaults", "clean_runs", "comparison_figures",
+    "COMPARISON_METRICS", "TRIAL_STATES", "adaptive_comparison", "adaptive_table", "axis_label", "best_trial", "budget_label", "best_vs_defaults", "clean_runs", "comparison_figures",
     "comparison_markdown", "comparison_runs", "comparison_table", "dominant_teacher", "figures_to_files", "final_runs_of", "finalized",
     "flatten_trial_rows", "format_cell", "kind_groups", "trials_by_kind", "markdown_table", "method_summary", "new_figure", "pareto_front", "pareto_mask", "plot_adaptive", "plot_finalized",
     "plot_pareto", "plot_teacher_weights", "plot_temperature_alpha", "plot_trial_history", "plot_vs_single_teacher", "plot_weight_simplex",
-    "resolve_tracking_uri", "runs_frame", "seed_means", "single_teacher_comparison", "study_markdown", "study_run_figures", "study_run_of",
+    "resolve_tracking_uri", "runs_frame", "seed_means", "single_teacher_comparison", "size_metric", "study_markdown", "study_run_figures", "study_run_of",
     "teacher_weights", "teachers_of", "trial_runs", "trials_of", "trials_overview",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 AXIS_LABELS = {
-    "size_bytes": "size on disk (bytes)", "latency_b1_ms": "CPU latency, batch 1 (ms)", "latency_b256_ms": "CPU latency, batch 256 (ms)",
+    "size_bytes": "file size on disk (bytes)", "payload_bytes": "payload: tensors at stored precision (bytes)", "latency_b1_ms": "CPU latency, batch 1 (ms)", "latency_b256_ms": "CPU latency, batch 256 (ms)",
     "params": "parameters", "params_nonzero": "non-zero parameters", "test_accuracy": "test accuracy", "val_accuracy": "validation accuracy",
     "flops": "FLOPs",
 }

@@ -9,6 +9,7 @@
     results.py    best trials, the parent run's closing record, finalize, rows of studies and trials
     plots.py      Optuna's study plots
     reporting.py  what the ``research study`` commands show (summary, list, report)
+    dashboard.py  optuna-dashboard over a study's storage (``research dashboard``)
 
 ``from research import sweep; sweep.create_or_join(...)`` works for every name
 below. The names are resolved on first use (PEP 562), so that
@@ -34,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("close_figures", "study_figures"), "plots"),
     **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "worker_gone", "worker_identity"), "faults"),
     **dict.fromkeys(("StudyReport", "format_finalize", "format_study_list", "format_study_summary", "write_study_report"), "reporting"),
+    **dict.fromkeys(("dashboard_storage", "serve_dashboard"), "dashboard"),
     "ConfigError": "..config",
 }
 

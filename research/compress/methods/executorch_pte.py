@@ -72,10 +72,11 @@ class ExecuTorch(CompressionMethod):
         calib = calibration_batch(ctx.data.train.x, c.calibration_samples, seed=ctx.seed) if c.quantize else None
         program, info = export_pte(reference, ctx.data.input_shape, quantize=c.quantize, calibration=calib,
                                    per_channel=c.per_channel, max_batch=c.max_batch)
+        payload = int(info.pop("pte_payload_bytes"))
         kind = "int8" if c.quantize else "float32"
         et = EtModule(program, threads=ctx.threads, description=f"{kind} xnnpack")
         extra = {"pte_max_abs_diff": max_abs_difference(et, reference, ctx.data.val.x[:512]), **info}
-        return self.measured(et, ctx, reference=reference, extra=extra,
+        return self.measured(et, ctx, reference=reference, extra=extra, payload_bytes=payload,
                              tags={"backend": "xnnpack", "dtype": kind, "executorch": _version("executorch")})
 
     def label(self) -> str:
@@ -89,7 +90,8 @@ def export_pte(model: nn.Module, input_shape: Sequence[int], *, quantize: bool =
                per_channel: bool = True, max_batch: int = 256) -> tuple[bytes, dict[str, float]]:
     """The ExecuTorch program (bytes) of ``model`` (eval mode, CPU, not changed) for float inputs
     ``[batch, *input_shape]``, batch 1 .. ``max_batch``, lowered to XNNPACK; and
-    ``{"pte_ops_outside_delegates", "pte_delegates"}``. ``quantize``: int8 calibrated on ``calibration``."""
+    ``{"pte_ops_outside_delegates", "pte_delegates", "pte_payload_bytes"}`` (the last:
+    :func:`lowered_payload_bytes` of the network lowered). ``quantize``: int8 calibrated on ``calibration``."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -103,7 +105,36 @@ def export_pte(model: nn.Module, input_shape: Sequence[int], *, quantize: bool =
         exported = torch.export.export(model, example, dynamic_shapes=dims)
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
         program = edge.to_executorch()
-    return bytes(program.buffer), _delegation(edge.exported_program().graph)
+    return bytes(program.buffer), {**_delegation(edge.exported_program().graph), "pte_payload_bytes": float(lowered_payload_bytes(model))}
+
+
+def lowered_payload_bytes(model: nn.Module) -> int:
+    """Payload of the network lowered into a ``.pte``, each tensor at its dtype there
+    (``research.evaluate.tensor_payload_bytes``).
+
+    Measured on the source network, not parsed out of the program: XNNPACK keeps the weights
+    inside its delegate's own serialized blob, which ExecuTorch's Python API does not expose
+    as tensors. Float: the module's ``payload_bytes`` (float32 weights). Int8 (the pt2e
+    ``GraphModule`` of :func:`_quantized`): the constants its graph reads (``get_attr``): int8
+    weights, their float32 per-channel scales and int64 zero points, float32 biases; its
+    state_dict would also hold the float weights that quantization left unused. Per-tensor
+    activation scales are numbers inside the graph, not tensors, and are not counted (a few
+    bytes a layer)."""
+    from research.evaluate import payload_bytes, tensor_payload_bytes
+
+    if not isinstance(model, torch.fx.GraphModule):
+        return payload_bytes(model)
+    total, seen = 0, set()
+    for node in model.graph.nodes:
+        if node.op != "get_attr" or node.target in seen:
+            continue
+        seen.add(node.target)
+        value = model
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        if isinstance(value, torch.Tensor):
+            total += tensor_payload_bytes(value)
+    return total
 
 
 def _quantized(model: nn.Module, example, dims, calibration: torch.Tensor, *, per_channel: bool, max_batch: int) -> nn.Module:
@@ -255,6 +286,10 @@ class PteFile(FileFormat):
 
     def load(self, path, *, template=None) -> EtModule:
         return EtModule(Path(path).read_bytes(), description="pte file")
+
+    def payload_bytes(self, model: nn.Module) -> int:
+        raise ValueError("the payload of a .pte is measured on the network lowered into it (export_pte's "
+                         "pte_payload_bytes), not read back from the program")
 
 
 PTE_FILE = PteFile()
