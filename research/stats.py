@@ -181,3 +181,17 @@ def format_paired_diff(n: int, mean: float, low: float | None = None, high: floa
         verdict = "not distinguishable from the default"
     pct = f"{100 * confidence:g}%"
     return f"{head} ({pct} CI {scale * low:+.{digits}f} to {scale * high:+.{digits}f}, {seeds}): {verdict}"
+
+
+def paired_sentence(paired: dict[str, float] | None, *, direction: str = "maximize") -> str | None:
+    """One sentence from finalize's "paired" entry (or the parent run's ``final_paired_*``
+    metrics without the prefix): best - default in points with its 95 % CI and seeds, and
+    whether the search helped (:func:`format_paired_diff`); None when there is nothing to say."""
+    if not paired:
+        return None
+    if paired.get("default_is_best"):
+        return "the best trial is the enqueued default itself: the search found nothing better on validation"
+    if "diff_mean" not in paired or "seeds" not in paired:
+        return None
+    return format_paired_diff(int(paired["seeds"]), paired["diff_mean"], paired.get("diff_ci_low"), paired.get("diff_ci_high"),
+                              direction=direction)
