@@ -44,7 +44,8 @@ def format_study_summary(cfg: StudyConfig, rows: list[dict[str, Any]], wall_s: f
     for label, r in table:
         params = ", ".join(f"{k}={_fmt_value(v)}" for k, v in encoder.display(r["params"]).items())
         test = f", {test_key.replace('_', ' ', 1)} {r[test_key]:.4f}" if r.get(test_key) is not None else ""
-        se = f" ± {r[obj.metric + '_se']:.4f} (SE over {cfg.search.measurements})" if r.get(obj.metric + "_se") is not None else ""
+        kind = "folds" if cfg.search.folds > 1 else "repeats"
+        se = f" ± {r[obj.metric + '_se']:.4f} SE ({cfg.search.measurements} {kind})" if r.get(obj.metric + "_se") is not None else ""
         lines.append(f"  {label:<17} trial {r['number']:>3}: {obj.metric} {r['values'][0]:.4f}{se}{test}  ({params})")
     return "\n".join(lines)
 
