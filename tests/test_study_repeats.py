@@ -222,7 +222,8 @@ def test_the_report_says_in_one_sentence_whether_the_search_bought_anything():
 
 # ---------------------------------------------------------------- real studies
 
-# A plain search with an enqueued default and no pruning (every trial completes); {measure}
+# A plain search with an enqueued default and no pruning (every trial completes, but reports
+# the running mean to the pruner every epoch); {measure}
 # is the repeats or folds line. One-epoch teacher, two-epoch students: a few seconds.
 MEASURED = """
 name: {name}
@@ -240,7 +241,7 @@ search:
   {measure}
 enqueue: [{{temperature: 4.0, alpha: 0.1}}]
 sampler: {{name: random, seed: 0}}
-pruner: {{name: none}}
+pruner: {{name: median, n_startup_trials: 100}}  # reports every epoch, never prunes
 n_trials: {n_trials}
 keep_models: 1
 """
@@ -266,6 +267,10 @@ def test_a_study_with_repeats_logs_each_repeat_and_finalize_compares_best_and_de
         assert len(each) == 2 and t.value == pytest.approx(statistics.fmean(each))
         assert t.user_attrs["val_accuracy_mean"] == pytest.approx(t.value)
         assert t.user_attrs["val_accuracy_se"] == pytest.approx(abs(each[0] - each[1]) / 2)  # n = 2: sd |a - b| / sqrt 2, / sqrt 2
+        # the pruner saw the running mean at steps repeat * 2 epochs + epoch: repeat 0 alone, then its mean with repeat 1
+        steps = t.intermediate_values
+        assert sorted(steps) == [1, 2, 3, 4]
+        assert steps[2] == pytest.approx(each[0]) and steps[4] == pytest.approx(t.value)
         run = runs[t.user_attrs["mlflow_run_id"]]
         history = client.get_metric_history(run.info.run_id, "val_accuracy_per_repeat")
         assert sorted((m.step, m.value) for m in history) == [(0, pytest.approx(each[0])), (1, pytest.approx(each[1]))]
