@@ -138,6 +138,18 @@ def test_a_fold_trains_and_validates_on_its_parts_of_train_plus_val():
     assert d.test is data.test and len(d.val) == 4
 
 
+def test_the_trial_run_holds_means_summed_times_and_the_objectives_standard_error():
+    from research.pipeline import RunResult
+    from research.sweep import measured_summary
+
+    results = [RunResult("trial_repeat", 0, None, {"val_accuracy": 0.7, "test_accuracy": 0.6, "train_time_s": 2.0, "params": 100.0, "only_here": 1.0}),
+               RunResult("trial_repeat", 1, None, {"val_accuracy": 0.8, "test_accuracy": 0.7, "train_time_s": 3.0, "params": 100.0})]
+    out = measured_summary(study_cfg({"repeats": 2}), results)
+    # means .75 and .65; times add up (2 + 3 s: what the trial cost); SE of .7, .8 is .05 (test_mean_se_...)
+    assert out == {"val_accuracy": pytest.approx(0.75), "test_accuracy": pytest.approx(0.65), "train_time_s": 5.0, "params": 100.0,
+                   "val_accuracy_se": pytest.approx(0.05)}
+
+
 # ---------------------------------------------------------------- pruning on the running mean
 
 

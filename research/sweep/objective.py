@@ -40,6 +40,8 @@ these steps).
 from __future__ import annotations
 
 import hashlib
+import math
+import statistics
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -249,10 +251,11 @@ def measured_summary(cfg: StudyConfig, results: Sequence[RunResult]) -> dict[str
     out: dict[str, float] = {}
     for k in keys:
         vals = [float(r.metrics[k]) for r in results]
-        out[k] = sum(vals) if k.endswith("_time_s") else mean_se(vals)[0]
+        out[k] = sum(vals) if k.endswith("_time_s") else statistics.fmean(vals)  # a NaN stays NaN, as in a single run
     if len(results) > 1:
         for o in cfg.objectives:
-            out[f"{o.metric}_se"] = mean_se([r.metrics[o.metric] for r in results])[1]
+            vals = [float(r.metrics[o.metric]) for r in results]
+            out[f"{o.metric}_se"] = math.nan if any(math.isnan(v) for v in vals) else mean_se(vals)[1]
     return out
 
 
