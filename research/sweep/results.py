@@ -95,7 +95,7 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
     "seeds", "trial"}} with <m> = final_metric(cfg), e.g. test_accuracy, and "paired":
     best and default ran on the same seeds, so their per-seed difference best - default
     (``stats.paired_t_ci``: Student's t 95 % interval of its mean) is {"diff_mean",
-    "seeds", and with >= 2 seeds "diff_ci_low", "diff_ci_high", "excludes_zero" (1.0 or
+    "seeds", "default_is_best" (0.0), and with >= 2 seeds "diff_ci_low", "diff_ci_high", "excludes_zero" (1.0 or
     0.0)}; or {"default_is_best": 1.0} when the best trial is the enqueued default itself
     (nothing to compare). The same go to the parent run as ``final_paired_*`` metrics.
     No "paired" without a completed default (or with ``include_default=False``). Raises
@@ -132,7 +132,7 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
     paired: dict[str, float] | None = None
     if "default" in per_seed:
         d = paired_t_ci(per_seed["best"], per_seed["default"])
-        paired = {"diff_mean": d.mean, "seeds": float(d.n)}
+        paired = {"diff_mean": d.mean, "seeds": float(d.n), "default_is_best": 0.0}  # 0.0: overrides an earlier finalize's 1.0
         if d.has_ci:
             paired |= {"diff_ci_low": d.low, "diff_ci_high": d.high, "excludes_zero": float(d.excludes_zero)}
     elif include_default and defaults and defaults[0].number == best[0].number:
