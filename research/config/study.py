@@ -98,6 +98,9 @@ class StudyConfig(RunConfig):
         if self.compress is None and not self.teachers:
             raise ValueError("teachers: a distillation study needs at least one teacher")
         self.__dict__["objectives"] = self._checked_objectives()
+        if self.compress is not None and self.search.measurements > 1:
+            raise ValueError("search.repeats/search.folds: only a distillation study repeats or cross-validates its trials, "
+                             "not a compression study")
         if self.search.teacher_weights and len(self.teachers) < 2:
             raise ValueError("search.teacher_weights: searching teacher weights needs at least 2 teachers")
         base = flatten(self.model_dump(mode="json"))

@@ -18,7 +18,7 @@ from research.data.augment import BatchAugment, RandomCropFlip, RandomShift
 from research.data.vision import VISION_SPECS, DataNotFoundError, check_vision_files, load_vision
 
 __all__ = ["DATASETS", "BatchAugment", "DataBundle", "DataNotFoundError", "RandomCropFlip",
-           "RandomShift", "Split", "check_data_available", "default_augment", "load_data"]
+           "RandomShift", "Split", "check_data_available", "default_augment", "kfold_indices", "kfold_splits", "load_data"]
 
 DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
 
@@ -109,6 +109,30 @@ def split_validation(data: Split, val_fraction: float, seed: int) -> tuple[Split
         raise ValueError(f"val_fraction {val_fraction} of {len(data)} samples leaves an empty split")
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(perm[n_val:].sort().values), data.subset(perm[:n_val].sort().values)
+
+
+def kfold_indices(n: int, k: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """K-fold cross-validation over ``range(n)``: ``k`` pairs ``(train_index, val_index)``
+    (int64, each sorted ascending). A seeded permutation of ``range(n)`` is cut into ``k``
+    consecutive parts, the first ``n % k`` of them one sample larger; fold ``i`` validates on
+    part ``i`` and trains on the other parts. So the validation parts are disjoint and cover
+    ``range(n)``, and the same ``seed`` gives the same folds in every process.
+
+    Raises ValueError when ``k < 2`` or ``k > n`` (a fold would have no validation sample)."""
+    if k < 2:
+        raise ValueError(f"k-fold cross-validation needs k >= 2 folds, got {k}")
+    if k > n:
+        raise ValueError(f"{k} folds of {n} samples: a fold would have no validation sample")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    parts = torch.split(perm, [n // k + (1 if i < n % k else 0) for i in range(k)])
+    return [(torch.cat([p for j, p in enumerate(parts) if j != i]).sort().values, part.sort().values)
+            for i, part in enumerate(parts)]
+
+
+def kfold_splits(data: Split, k: int, seed: int) -> list[tuple[Split, Split]]:
+    """``k`` pairs ``(train, val)`` of ``data`` by :func:`kfold_indices` (each part keeps the
+    original sample order). Raises ValueError as ``kfold_indices`` does."""
+    return [(data.subset(tr), data.subset(va)) for tr, va in kfold_indices(len(data), k, seed)]
 
 
 def _f32(a: np.ndarray) -> torch.Tensor:

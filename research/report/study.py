@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..stats import best_first, best_of, direction_sign, format_mean_std, format_state_counts, mean_std, state_counts
+from ..stats import best_first, best_of, direction_sign, format_mean_std, format_state_counts, mean_std, paired_sentence, state_counts
 from .figures import new_figure
 from .runs import best_trial, final_runs_of, runs_frame, study_run_of, trials_of
 from .tables import markdown_table
@@ -84,11 +84,14 @@ def study_markdown(
     figure_files: Sequence[Path] = (),
     settings: dict[str, Any] | None = None,
     best_trial: int | None = None,
+    test_direction: str = "maximize",
 ) -> str:
     """The study report: settings, best vs enqueued defaults, finalized test figures, all trials, plots.
     ``rows``: ``sweep.trials_table``; ``parent_metrics``: the study run's metrics (``final_<config>_*``
-    from ``research study finalize``). ``best_trial``: the study's chosen best (sweep.best_trials; on
-    the Pareto front when several objectives); default: the best by the first objective."""
+    from ``research study finalize``, and its paired comparison ``final_paired_*``, said in one
+    sentence under the finalized table). ``best_trial``: the study's chosen best (sweep.best_trials; on
+    the Pareto front when several objectives); default: the best by the first objective.
+    ``test_direction``: which way the finalized test metric is better (the task's)."""
     flat = flatten_trial_rows(rows, objective_names)
     params = _param_columns(rows)
     obj = objective_names[0]
@@ -115,6 +118,10 @@ def study_markdown(
                  for f in final.to_dict("records")]
         lines += ["## Finalized on the whole training split (test set, mean ± std over seeds)", "",
                   markdown_table(frows, [("config", "config"), ("trial", "from trial"), ("seeds", "seeds"), ("test accuracy", "test accuracy")]), ""]
+        paired = {k.removeprefix("final_paired_"): v for k, v in parent_metrics.items() if k.startswith("final_paired_")}
+        sentence = paired_sentence(paired, direction=test_direction)
+        if sentence:  # best and default on the same seeds: the paired difference says whether the search bought anything
+            lines += [f"Paired over seeds, test accuracy: {sentence}.", ""]
     kinds = kind_groups(complete, params, obj, directions[0])
     if kinds:
         lines += ["## Completed trials by kind", "", markdown_table(kinds, [("searched", "searched"), ("kind", "kind"), ("trials", "trials"),

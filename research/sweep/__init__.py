@@ -4,7 +4,7 @@
     space.py      the search space of a study file and the one encoder between
                   trial parameters and config overrides (no Optuna import)
     faults.py     trials whose worker died: found, failed, runs closed, defaults enqueued again
-    objective.py  one trial: its config, its run, its values, pruning by the task's metric
+    objective.py  one trial: its config, its run(s: repeats, folds), its values, pruning by the task's metric
     study.py      create / join / load a study, run its trials in one or several processes
     results.py    best trials, the parent run's closing record, finalize, rows of studies and trials
     plots.py      Optuna's study plots
@@ -27,8 +27,8 @@ _EXPORTS: dict[str, str] = {
                      "FINISHED_STATES", "StudyError", "check_storage", "count_finished", "make_pruner", "make_sampler", "open_storage",
                      "sampler_seed", "started_trials", "storage_url"), "storage"),
     **dict.fromkeys(("Choice", "FloatRange", "IntRange", "SearchEncoder", "SearchSpace", "SpaceError"), "space"),
-    **dict.fromkeys(("PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",
-                     "pruning_target", "trial_config", "trial_values"), "objective"),
+    **dict.fromkeys(("Measurement", "PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",
+                     "measured_summary", "measurements", "pruning_target", "repeat_seed", "trial_config", "trial_values"), "objective"),
     **dict.fromkeys(("create_or_join", "enqueue_points", "launch", "load_existing", "prepare_context", "run_trials", "split_trials",
                      "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import StudyConfig
-from ..stats import best_of, format_mean_std, format_state_counts, state_counts
+from ..stats import best_of, format_mean_std, format_state_counts, paired_sentence, state_counts
+from ..tasks import build_task
 from ..tracking import Tracker
 from .plots import close_figures, study_figures
 from .results import best_trials, final_metric, trials_table
@@ -43,7 +44,9 @@ def format_study_summary(cfg: StudyConfig, rows: list[dict[str, Any]], wall_s: f
     for label, r in table:
         params = ", ".join(f"{k}={_fmt_value(v)}" for k, v in encoder.display(r["params"]).items())
         test = f", {test_key.replace('_', ' ', 1)} {r[test_key]:.4f}" if r.get(test_key) is not None else ""
-        lines.append(f"  {label:<17} trial {r['number']:>3}: {obj.metric} {r['values'][0]:.4f}{test}  ({params})")
+        kind = "folds" if cfg.search.folds > 1 else "repeats"
+        se = f" ± {r[obj.metric + '_se']:.4f} SE ({cfg.search.measurements} {kind})" if r.get(obj.metric + "_se") is not None else ""
+        lines.append(f"  {label:<17} trial {r['number']:>3}: {obj.metric} {r['values'][0]:.4f}{se}{test}  ({params})")
     return "\n".join(lines)
 
 
@@ -59,13 +62,16 @@ def format_study_list(rows: list[dict[str, Any]]) -> str:
 
 
 def format_finalize(cfg: StudyConfig, out: dict[str, dict[str, float]]) -> str:
-    """finalize's result, one line per configuration: mean ± std in % over the seeds."""
+    """finalize's result, one line per configuration: mean ± std in % over the seeds; then
+    one sentence on whether the search bought anything (``paired_sentence``)."""
     m = final_metric(cfg)
-    return "\n".join(
+    lines = [
         f"{label:<8} (trial {int(s['trial'])}): {m.replace('_', ' ', 1)} {format_mean_std(s[f'{m}_mean'], s[f'{m}_std'], scale=100, unit=' %')} "
         f"over {int(s['seeds'])} seeds, trained on train+val"
-        for label, s in out.items()
-    )
+        for label, s in out.items() if label != "paired"
+    ]
+    sentence = paired_sentence(out.get("paired"), direction=build_task(cfg.task).direction)
+    return "\n".join(lines + ([sentence] if sentence else []))
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,10 @@ def write_study_report(name: str, storage: str, out: str | Path) -> StudyReport:
         name, trials_table(study), objective_names=[o.metric for o in cfg.objectives], directions=cfg.directions,
         parent_metrics=dict(tracker.get_run(parent_id).data.metrics), figure_files=files,
         settings={"sampler": cfg.sampler.name, "pruner": cfg.pruner.name, "searched": ", ".join(cfg.searched_names()),
-                  "MLflow experiment": cfg.tracking.experiment, "parent run": parent_id},
-        best_trial=next((t.number for t in best_trials(study, 1)), None),
+                  "MLflow experiment": cfg.tracking.experiment, "parent run": parent_id,
+                  **({"each trial": f"mean of {cfg.search.folds} folds" if cfg.search.folds > 1 else f"mean of {cfg.search.repeats} repeats"}
+                     if cfg.search.measurements > 1 else {})},
+        best_trial=next((t.number for t in best_trials(study, 1)), None), test_direction=build_task(cfg.task).direction,
     )
     (out / "report.md").write_text(md)
     handle = tracker.handle(parent_id)

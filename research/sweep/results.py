@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import StudyConfig
 from ..distill import TeacherLogitCache
 from ..pipeline import RunContext, load_run_data, obtain_teachers, train_student
-from ..stats import best_first, mean_std, state_counts
+from ..stats import best_first, mean_std, paired_t_ci, state_counts
 from ..tasks import build_task
 from ..tracking import Tracker
 from .objective import trial_config, trial_values
@@ -92,7 +92,13 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
     training split with several seeds; test mean and spread go to the parent run.
 
     Returns {"best" | "default": {"<m>_mean", "<m>_std" (sample std, 0 for one seed),
-    "seeds", "trial"}} with <m> = final_metric(cfg), e.g. test_accuracy. Raises
+    "seeds", "trial"}} with <m> = final_metric(cfg), e.g. test_accuracy, and "paired":
+    best and default ran on the same seeds, so their per-seed difference best - default
+    (``stats.paired_t_ci``: Student's t 95 % interval of its mean) is {"diff_mean",
+    "seeds", "default_is_best" (0.0), and with >= 2 seeds "diff_ci_low", "diff_ci_high", "excludes_zero" (1.0 or
+    0.0)}; or {"default_is_best": 1.0} when the best trial is the enqueued default itself
+    (nothing to compare). The same go to the parent run as ``final_paired_*`` metrics.
+    No "paired" without a completed default (or with ``include_default=False``). Raises
     StudyError when no trial completed."""
     tracker = Tracker(study.user_attrs.get(ATTR_TRACKING_URI) or cfg.tracking.uri)
     best = best_trials(study, 1)
@@ -108,6 +114,7 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
     cache = TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
     metric = final_metric(cfg)
     out: dict[str, dict[str, float]] = {}
+    per_seed: dict[str, list[float]] = {}
     for label, trial in candidates.items():
         tcfg = trial_config(cfg, trial_values(trial, cfg))
         scores = []
@@ -120,7 +127,19 @@ def finalize(study: optuna.Study, cfg: StudyConfig, *, seeds: Sequence[int], inc
         mean, std = mean_std(scores)
         stats = {f"{metric}_mean": mean, f"{metric}_std": std, "seeds": float(len(scores)), "trial": float(trial.number)}
         out[label] = stats
+        per_seed[label] = scores
         tracker.handle(parent_id).log_metrics({f"final_{label}_{k}": v for k, v in stats.items()})
+    paired: dict[str, float] | None = None
+    if "default" in per_seed:
+        d = paired_t_ci(per_seed["best"], per_seed["default"])
+        paired = {"diff_mean": d.mean, "seeds": float(d.n), "default_is_best": 0.0}  # 0.0: overrides an earlier finalize's 1.0
+        if d.has_ci:
+            paired |= {"diff_ci_low": d.low, "diff_ci_high": d.high, "excludes_zero": float(d.excludes_zero)}
+    elif include_default and defaults and defaults[0].number == best[0].number:
+        paired = {"default_is_best": 1.0}
+    if paired is not None:
+        out["paired"] = paired
+        tracker.handle(parent_id).log_metrics({f"final_paired_{k}": v for k, v in paired.items()})
     return out
 
 
@@ -142,10 +161,11 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
 def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial: number, state, values, params (as Optuna stores them), the
     normalised teacher weights, MLflow run, test metrics (``test_accuracy`` for
-    classification; reported, never used to select), timing."""
+    classification; reported, never used to select), timing, and with repeats or folds the
+    objectives' standard errors (``<metric>_se``)."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        tests = {k: v for k, v in t.user_attrs.items() if k.startswith("test_")}
+        tests = {k: v for k, v in t.user_attrs.items() if k.startswith("test_") or k.endswith("_se")}  # _se: repeats or folds
         rows.append({"number": t.number, "state": t.state.name, "values": t.values, "params": dict(t.params),
                      "teacher_weights": t.user_attrs.get("teacher_weights"), "enqueued": bool(t.user_attrs.get("enqueued")),
                      "run_id": t.user_attrs.get("mlflow_run_id"), "test_accuracy": None, **tests,

@@ -204,6 +204,36 @@ class SearchSpace(_Strict):
     alpha: FloatRange | None = Field(default_factory=lambda: FloatRange(low=0.0, high=1.0))
     teacher_weights: bool = False  # draw K positive values, normalise onto the simplex
     params: dict[str, FloatRange | IntRange | Choice] = Field(default_factory=dict)  # other dotted keys, e.g. train.lr
+    # How each trial is measured (research.sweep.objective): ``repeats`` R trains the student R
+    # times with seeds derived from the study's (same split); ``folds`` K >= 2 runs K-fold
+    # cross-validation over train + val. The trial's value is the mean. 1 and 0: one run, as before.
+    repeats: int = Field(1, ge=1)
+    folds: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _repeats_or_folds(self) -> "SearchSpace":
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (no cross-validation) or at least 2, got 1")
+        if self.repeats > 1 and self.folds > 1:
+            raise ValueError(f"repeats ({self.repeats}) and folds ({self.folds}) exclude each other: "
+                             "repeat over seeds or cross-validate over folds, not both")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_measuring(self, handler):
+        # A study without repeats or folds dumps as before they existed, so its config hash
+        # (the check that a joined study is the same one) is unchanged.
+        out = handler(self)
+        if self.repeats == 1:
+            out.pop("repeats", None)
+        if self.folds == 0:
+            out.pop("folds", None)
+        return out
+
+    @property
+    def measurements(self) -> int:
+        """How many training runs measure one trial: R repeats, K folds, or 1."""
+        return self.folds if self.folds > 1 else self.repeats
 
 
 # ---------------------------------------------------------------- dimensions

@@ -171,10 +171,11 @@ def make_sampler(cfg: StudyConfig, *, worker: int = 0, started: int = 0) -> optu
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
-    """The study's pruner; epochs are its steps (``n_warmup_steps`` epochs before a trial may be pruned)."""
+    """The study's pruner; epochs are its steps (``n_warmup_steps`` epochs before a trial may be pruned),
+    counted on across a trial's repeats or folds (research.sweep.objective): R x epochs steps in all."""
     p = cfg.pruner
     if p.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
     if p.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps), max_resource=cfg.train.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.n_warmup_steps), max_resource=cfg.train.epochs * cfg.search.measurements)
     return optuna.pruners.NopPruner()
