@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
                      "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),
     **dict.fromkeys(("close_figures", "study_figures"), "plots"),
-    **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "worker_gone", "worker_identity"), "faults"),
+    **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "run_gone", "study_lock", "worker_gone", "worker_identity"), "faults"),
     **dict.fromkeys(("StudyReport", "format_finalize", "format_study_list", "format_study_summary", "write_study_report"), "reporting"),
     "ConfigError": "..config",
 }
