@@ -39,6 +39,7 @@ import hashlib
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -131,7 +132,8 @@ def recover(study: optuna.Study, tracker: Tracker) -> Recovery:
     storage = study._storage
     # Optuna's heartbeats (PostgreSQL): it checks itself whether the storage has them. (An
     # `isinstance(storage, RDBStorage)` test never held: a loaded study's storage is Optuna's cache.)
-    with contextlib.suppress(Exception):  # another process may be failing the same trials
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # another process may be failing the same trials
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are what we want
         optuna.storages.fail_stale_trials(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
