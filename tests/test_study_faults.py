@@ -429,6 +429,45 @@ def test_two_processes_recovering_at_once_enqueue_a_lost_default_once(backend, t
         assert copies[0].system_attrs["fixed_params"] == pytest.approx({"temperature": 3.0, "alpha": 0.25})
 
 
+@needs_postgres
+def test_a_trial_failed_by_optunas_heartbeat_check_is_lost_and_its_default_enqueued_again(tmp_path, monkeypatch, blank_db):
+    """PostgreSQL: a worker on another machine died in the enqueued default; Optuna's own
+    heartbeat check (which any live worker runs before its next trial) fails its trial. That
+    trial is no result: it is marked lost, not counted, and the default is enqueued again."""
+    import sqlalchemy as sa
+
+    from research.config import load_study_config
+    from research.sweep import count_finished, create_or_join, recover
+    from research.tracking import Tracker
+
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"stale_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, tmp_path / "cache", n_trials=2, enqueue="[{temperature: 3.0, alpha: 0.25}]"))
+    with storage_for("postgresql", name):
+        study = create_or_join(load_study_config("s.yaml"), Tracker(), POSTGRES_URL)
+        dead = study.ask()  # the default, RUNNING on a machine that then died
+        assert dead.user_attrs.get("enqueued")
+        dead.set_user_attr("worker", {"host": "elsewhere.example", "pid": 4242, "start": 1.0})
+        dead.set_user_attr("heartbeat", time.time())  # our own beat looks fresh: only Optuna's check can fail it
+        study._storage.record_heartbeat(dead._trial_id)
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as c:  # its last Optuna heartbeat, 10 minutes ago (the grace period is 120 s)
+            c.execute(sa.text("update trial_heartbeats set heartbeat = heartbeat - interval '10 minutes' where trial_id = :t"),
+                      {"t": dead._trial_id})
+        engine.dispose()
+        optuna.storages.fail_stale_trials(study)  # what a live worker's optimize does before its next trial
+
+        study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+        assert study.trials[dead.number].state == TrialState.FAIL
+        assert count_finished(study) == 0  # lost, not a result
+        done = recover(study, Tracker())
+        assert done.requeued == [dead.number]
+        copies = [t for t in study.get_trials() if t.user_attrs.get("requeue_of") == dead.number]
+        assert len(copies) == 1 and copies[0].state == TrialState.WAITING
+        assert copies[0].system_attrs["fixed_params"] == pytest.approx({"temperature": 3.0, "alpha": 0.25})
+
+
 def test_a_run_left_running_on_another_host_is_closed_once_its_heartbeat_is_stale(tmp_path, monkeypatch, blank_db):
     """Another host's pid cannot be checked: its runs are judged by their heartbeat tag, with the
     trials' grace period (120 s). Records written as another host's would be, in a real MLflow store."""

@@ -22,8 +22,8 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("ATTR_CONFIG", "ATTR_CONFIG_HASH", "ATTR_EXPERIMENT", "ATTR_LOST", "ATTR_PARENT", "ATTR_TRACKING_URI", "DEFAULT_JOURNAL",
-                     "FINISHED_STATES", "StudyError", "check_storage", "count_finished", "make_pruner", "make_sampler", "open_storage",
+    **dict.fromkeys(("ATTR_CONFIG", "ATTR_CONFIG_HASH", "ATTR_EXPERIMENT", "ATTR_LOST", "ATTR_LOST_TRIAL", "ATTR_PARENT", "ATTR_TRACKING_URI", "DEFAULT_JOURNAL",
+                     "FINISHED_STATES", "StudyError", "check_storage", "count_finished", "lost_reason", "make_pruner", "make_sampler", "open_storage",
                      "sampler_seed", "started_trials", "storage_url"), "storage"),
     **dict.fromkeys(("Choice", "FloatRange", "IntRange", "SearchEncoder", "SearchSpace", "SpaceError"), "space"),
     **dict.fromkeys(("PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",

@@ -10,9 +10,10 @@ their trials start; it fails each RUNNING trial whose worker is gone:
 - on another host (a journal file on a shared disk): its heartbeat is older
   than GRACE_S (another host's pids cannot be checked);
 - PostgreSQL: Optuna's own heartbeats fail stale trials of any host
-  (``optuna.storages.fail_stale_trials``, grace period set in open_storage);
-  the same-host check above fails this host's dead workers at once, without
-  waiting out the grace period.
+  (``optuna.storages.fail_stale_trials``, grace period set in open_storage;
+  any worker's optimize runs it too), and its callback marks them lost (study
+  attr ``lost_trial_<number>``, storage.lost_reason); the same-host check above
+  fails this host's dead workers at once, without waiting out the grace period.
 
 A trial lost so (dead worker, or interrupted: Ctrl-C, SIGTERM) is FAIL with
 user attr ``lost`` (the reason); its MLflow run, if still RUNNING, is ended
@@ -51,7 +52,7 @@ from optuna.trial import TrialState
 from ..process import GRACE_S, HEARTBEAT_S, heartbeat_age, process_gone
 from ..process import process_identity as worker_identity
 from ..tracking import Tracker
-from .storage import ATTR_EXPERIMENT, ATTR_LOST, ATTR_PARENT
+from .storage import ATTR_EXPERIMENT, ATTR_LOST, ATTR_PARENT, lost_reason
 
 ATTR_WORKER = "worker"
 ATTR_HEARTBEAT = "heartbeat"
@@ -191,12 +192,13 @@ def _close_runs(study: optuna.Study, tracker: Tracker, trials: list, out: Recove
     if not parent or not experiment:
         return
     failed = {t.user_attrs.get("mlflow_run_id"): t for t in trials if t.state == TrialState.FAIL}
+    attrs = study.user_attrs
     for run in tracker.find_runs(experiment, status="RUNNING"):
         if run.info.run_id == parent:
             continue
         t = failed.get(run.info.run_id)
         if t is not None:
-            reason = f"trial {t.number} lost: {t.user_attrs.get(ATTR_LOST) or 'its worker sent no heartbeat'}"
+            reason = f"trial {t.number} lost: {lost_reason(t, attrs) or 'its worker sent no heartbeat'}"
         else:
             gone = run_gone(run)
             if gone is None:
@@ -208,8 +210,9 @@ def _close_runs(study: optuna.Study, tracker: Tracker, trials: list, out: Recove
 
 def _requeue_lost_defaults(study: optuna.Study, trials: list, out: Recovery) -> None:
     done = {t.user_attrs.get(ATTR_REQUEUE_OF) for t in trials}
+    attrs = study.user_attrs
     for t in trials:
-        lost = t.state == TrialState.FAIL and t.user_attrs.get(ATTR_LOST)
+        lost = t.state == TrialState.FAIL and lost_reason(t, attrs)
         if not lost or not t.user_attrs.get("enqueued") or ATTR_REQUEUE_OF in t.user_attrs or t.number in done:
             continue
         # The enqueued values live in fixed_params until the trial suggests them (it may have died first).
