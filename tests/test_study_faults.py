@@ -9,6 +9,7 @@ run left RUNNING."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import shutil
@@ -64,6 +65,7 @@ def storage_for(backend: str, name: str):
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+        gc.collect()  # the in-process commands' storages, and their pooled connections (the server is shared)
 
 
 def assert_nothing_running(study: optuna.Study, client, experiment: str) -> None:

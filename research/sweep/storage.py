@@ -114,10 +114,12 @@ class AtomicJournalFileBackend(optuna.storages.journal.JournalFileBackend):
 def check_storage(url: str) -> None:
     """Fail early, in one line (StudyError), when the storage cannot be opened."""
     try:
-        open_storage(url)
+        store = open_storage(url)
     except Exception as e:  # driver errors differ by backend; the first line says what is wrong
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StudyError(f"storage {mask_url(url)}: cannot be opened: {mask_url(first)}") from None
+    if isinstance(store, optuna.storages.RDBStorage):
+        store.engine.dispose()  # a probe: its pooled connections are not kept (a shared server has few slots)
 
 
 def sampler_seed(seed: int | None, *, worker: int = 0, started: int = 0) -> int | None:
