@@ -383,6 +383,7 @@ print(json.dumps(sweep.recover(study, tracker).requeued))
 """
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() stands for a worker's optimize here
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_processes_recovering_at_once_enqueue_a_lost_default_once(backend, tmp_path, monkeypatch, blank_db):
     """Two machines resume one study at the same moment: the lost default is enqueued again
@@ -431,6 +432,8 @@ def test_two_processes_recovering_at_once_enqueue_a_lost_default_once(backend, t
         assert copies[0].system_attrs["fixed_params"] == pytest.approx({"temperature": 3.0, "alpha": 0.25})
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() stands for a worker's optimize here
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @needs_postgres
 def test_a_trial_failed_by_optunas_heartbeat_check_is_lost_and_its_default_enqueued_again(tmp_path, monkeypatch, blank_db):
     """PostgreSQL: a worker on another machine died in the enqueued default; Optuna's own
