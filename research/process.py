@@ -2,14 +2,23 @@
 
 A process is {host, pid, start}: ``start`` is its start time (Linux: clock
 ticks since boot, from /proc), so a pid the system has given to a new process
-is not taken for the old one. No Optuna or MLflow here.
+is not taken for the old one. Another host's pids cannot be checked: a process
+there beats (a trial's ``heartbeat`` attr, an MLflow run's ``heartbeat`` tag)
+every HEARTBEAT_S, and is gone once its last beat is older than GRACE_S.
+No Optuna or MLflow here.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from typing import Any
+
+HEARTBEAT_S = 30.0
+GRACE_S = 120.0  # four missed heartbeats: the same margin as Optuna's RDB grace period (see sweep.storage)
+# Test-only fault injection, see kill_point.
+KILL_AT_ENV = "RESEARCH_TEST_KILL_AT"
 
 
 def start_time(pid: int) -> float | None:
@@ -50,3 +59,20 @@ def process_gone(identity: dict[str, Any]) -> str | None:
     if identity.get("start") not in (None, "", "None") and now is not None and now != float(identity["start"]):
         return f"process {pid} on {identity['host']} is gone (its pid now belongs to another process)"
     return None
+
+
+def heartbeat_age(last: float | None, started: float, now: float) -> float | None:
+    """Seconds since the last sign of life (the last beat, else the start; epoch s) when that is
+    more than GRACE_S, else None (it may be alive)."""
+    age = now - max(last or 0.0, started)
+    return age if age > GRACE_S else None
+
+
+def kill_point(name: str) -> None:
+    """Test-only: SIGKILL this process here when ``$RESEARCH_TEST_KILL_AT`` is ``name``.
+
+    The fault suite's `kill -9` at an exact place that polling from outside cannot hit
+    reliably (tests/test_study_faults.py). Unset (always, outside those tests) it does nothing.
+    Points: ``log_weights`` (a trial's student weights being logged, the end of a trial)."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import mlflow.pytorch
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
-from .process import process_identity
+from .process import HEARTBEAT_S, kill_point, process_identity
 
 # MLflow warns on every pickle-format save; we choose pickle on purpose (see RunHandle.log_model).
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
@@ -38,6 +39,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 DEFAULT_DIR = Path("mlruns")
 PARENT_TAG = "mlflow.parentRunId"
 PROCESS_TAG = "process"  # process.host, process.pid, process.start: who owns a run
+# Epoch seconds of the owner's last sign of life, every HEARTBEAT_S while Tracker.run's block
+# runs: a run left RUNNING on another host (whose pid cannot be checked) is stale once it is
+# older than process.GRACE_S (research.sweep.faults closes it).
+HEARTBEAT_TAG = "heartbeat"
 MAX_PARAM_LEN = 6000
 
 
@@ -278,11 +283,14 @@ class RunHandle:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / artifact_file
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)  # loadable without the GPU
+            kill_point("log_weights")  # test-only (the fault suite's kill -9 while a trial logs its model)
             self.client.log_artifact(self.run_id, str(path))
 
 
 class Tracker:
     """Entry point for tracking: experiments, runs, lookups and model loading."""
+
+    heartbeat_s: float = HEARTBEAT_S  # how often a run of Tracker.run beats (HEARTBEAT_TAG)
 
     def __init__(self, uri: str | None = None) -> None:
         self.uri = uri or default_tracking_uri()
@@ -337,6 +345,39 @@ class Tracker:
         prefix = f"{PROCESS_TAG}."
         return {k.removeprefix(prefix): v for k, v in run.data.tags.items() if k.startswith(prefix)}
 
+    @staticmethod
+    def run_heartbeat(run) -> float | None:
+        """The run's last heartbeat (epoch s), None for a run that does not beat (made by
+        start() alone, such as a study's parent run, or by an older version)."""
+        value = run.data.tags.get(HEARTBEAT_TAG)
+        try:
+            return float(value) if value is not None else None
+        except ValueError:
+            return None
+
+    @_store_errors
+    def _beat(self, run_id: str) -> None:
+        # Not through RunHandle.set_tags: a beat is no part of the run's tracking time.
+        self.client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+
+    @contextlib.contextmanager
+    def _beating(self, run_id: str) -> Iterator[None]:
+        """Beat every heartbeat_s in a daemon thread while the block runs (dies with the process)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat_s):
+                with contextlib.suppress(Exception):  # a missed beat only makes the run look older
+                    self._beat(run_id)
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-run-{run_id[:8]}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def close_run(self, run_id: str, status: str, tags: dict[str, str]) -> None:
         """End a run another process left open (it died): ``tags`` say why, then ``status``."""
         handle = self.handle(run_id)
@@ -374,10 +415,14 @@ class Tracker:
         killed_on: Sequence[type[BaseException]] = (),
     ) -> Iterator[RunHandle]:
         """A run that ends FINISHED, KILLED (``RunKilled``, ``killed_on`` types,
-        Ctrl-C) or FAILED with the error as a tag, whatever happens inside."""
-        handle = self.start(experiment, run_name, tags=tags, parent_run_id=parent_run_id)
+        Ctrl-C) or FAILED with the error as a tag, whatever happens inside. While the block
+        runs the run beats (HEARTBEAT_TAG, every ``heartbeat_s``), so it can be told stale on
+        another host when its process died without ending it."""
+        handle = self.start(experiment, run_name, tags={**(tags or {}), HEARTBEAT_TAG: f"{time.time():.0f}"},
+                            parent_run_id=parent_run_id)
         try:
-            yield handle
+            with self._beating(handle.run_id):  # stopped before the run ends, below
+                yield handle
         except (RunKilled, KeyboardInterrupt, *killed_on) as e:
             self._safe_tag(handle, {"killed_reason": _one_line(e) or type(e).__name__})
             self._safe_end(handle, "KILLED")

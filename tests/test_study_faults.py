@@ -9,7 +9,10 @@ run left RUNNING."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +24,7 @@ from urllib.parse import urlsplit
 
 import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from research.cli import main
@@ -61,6 +65,7 @@ def storage_for(backend: str, name: str):
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=POSTGRES_URL)
+        gc.collect()  # the in-process commands' storages, and their pooled connections (the server is shared)
 
 
 def assert_nothing_running(study: optuna.Study, client, experiment: str) -> None:
@@ -83,9 +88,14 @@ def wait_for_running_trial(proc: subprocess.Popen, work: Path, name: str, storag
     raise AssertionError(f"no trial started:\n{log.read_text()}")
 
 
-def start_cli(work: Path, args: list[str], log: Path) -> subprocess.Popen:
+def start_cli(work: Path, args: list[str], log: Path, *, kill_at: str | None = None) -> subprocess.Popen:
+    """`research ARGS` in ``work``; ``kill_at``: the process kills itself (SIGKILL) at that
+    named point (research.process.kill_point)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RESEARCH_TEST_KILL_AT", None)
+    if kill_at:
+        env["RESEARCH_TEST_KILL_AT"] = kill_at
     return subprocess.Popen([sys.executable, "-m", "research.cli", *args], cwd=work, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -127,70 +137,129 @@ def test_kill_9_in_a_trial_then_resume_fails_it_closes_its_run_and_loses_no_tria
         assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
 
 
-def test_kill_9_while_the_teacher_trains_then_resume_closes_the_teacher_run(tmp_path, monkeypatch, study_cache, blank_db):
-    """The other point of a study where a process owns an MLflow run and no trial: the teacher's training."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_while_the_teacher_trains_then_resume_closes_the_teacher_run(backend, tmp_path, monkeypatch, study_cache, blank_db):
+    """The other point of a study where a process owns an MLflow run and no trial: the teacher's
+    training (before any trial). Resume closes the dead teacher's run FAILED, does not reuse it
+    (it has no model), trains the teacher again and distils from the new one."""
     chdir_to(monkeypatch, tmp_path, blank_db)
-    (tmp_path / "s.yaml").write_text(plain("k9t", study_cache, n_trials=1).replace("epochs: 1, threads: 1", "epochs: 3, threads: 1"))
-    log = tmp_path / "run.log"
-    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress"], log)
-    client = client_for(tmp_path)
-    deadline = time.monotonic() + 600  # a guard against a hang, not a timing assertion
-    teacher = None
-    try:
-        while teacher is None and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(Exception):  # the experiment may not exist yet
-                running = [r for r in all_runs(client, "k9t") if r.data.tags.get("role") == "teacher" and r.info.status == "RUNNING"]
-                teacher = running[0] if running else None
-            time.sleep(0.3)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert teacher is not None and teacher.data.tags["process.pid"] == str(proc.pid)
-    assert client.get_run(teacher.info.run_id).info.status == "RUNNING"  # left so by the dead process
-
-    assert main(["study", "resume", "k9t", "--no-progress"]) == 0
-    run = client.get_run(teacher.info.run_id)
-    assert run.info.status == "FAILED" and f"process {proc.pid}" in run.data.tags["error"] and "gone" in run.data.tags["error"]
-    study = load(tmp_path, "k9t")
-    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
-    assert_nothing_running(study, client, "k9t")
-
-
-def test_kill_9_of_one_worker_then_resume(tmp_path, monkeypatch, study_cache, blank_db):
-    """A worker of `--workers 2` killed in its trial: the other finishes, the command says so in
-    one line (exit 1), and resume fails the dead worker's trial and runs one in its place."""
-    chdir_to(monkeypatch, tmp_path, blank_db)
-    (tmp_path / "s.yaml").write_text(plain("k9w", study_cache, n_trials=2, epochs=8))
-    log = tmp_path / "run.log"
-    proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress"], log)
-    try:
-        victim = wait_for_running_trial(proc, tmp_path, "k9w", [], log)
-        worker = victim.user_attrs["worker"]["pid"]
-        assert worker != proc.pid
-        os.kill(worker, signal.SIGKILL)
-        assert proc.wait(timeout=600) == 1, log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    name = f"k9t_{backend}_{uuid.uuid4().hex[:8]}"
+    text = plain(name, study_cache, n_trials=1)
+    assert text.count("epochs: 1, threads: 1") == 1  # the teacher's: long enough to be caught training
+    (tmp_path / "s.yaml").write_text(text.replace("epochs: 1, threads: 1", "epochs: 4, threads: 1"))
+    with storage_for(backend, name) as storage:
+        log = tmp_path / "run.log"
+        proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress", *storage], log)
+        client = client_for(tmp_path)
+        deadline = time.monotonic() + 600  # a guard against a hang, not a timing assertion
+        teacher = None
+        try:
+            while teacher is None and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                with contextlib.suppress(Exception):  # the experiment may not exist yet
+                    running = [r for r in all_runs(client, name) if r.data.tags.get("role") == "teacher" and r.info.status == "RUNNING"]
+                    teacher = running[0] if running else None
+                time.sleep(0.3)
+        finally:
+            proc.send_signal(signal.SIGKILL)
             proc.wait()
-    errors = [line for line in log.read_text().splitlines() if line.startswith("research: error:")]
-    assert len(errors) == 1 and "worker(s) exited" in errors[0] and f"-{int(signal.SIGKILL)}" in errors[0], log.read_text()
-    assert "Traceback" not in log.read_text()
-    # The parent saw its worker die: the trial and its run are failed before it exits, not at resume.
-    client = client_for(tmp_path)
-    dead = load(tmp_path, "k9w").trials[victim.number]
-    assert dead.state == TrialState.FAIL and f"worker exited with code -{int(signal.SIGKILL)}" in dead.user_attrs["lost"]
-    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+        assert teacher is not None and teacher.data.tags["process.pid"] == str(proc.pid)
+        assert client.get_run(teacher.info.run_id).info.status == "RUNNING"  # left so by the dead process
+        assert open_study(tmp_path, name, storage).get_trials() == []  # killed before any trial
 
-    assert main(["study", "resume", "k9w", "--no-progress"]) == 0
-    study = load(tmp_path, "k9w")
-    dead = study.trials[victim.number]
-    assert dead.state == TrialState.FAIL and f"worker process {worker}" in dead.user_attrs["lost"]
-    assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
-    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "COMPLETE", "FAIL"]
-    assert_nothing_running(study, client, "k9w")
-    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+        assert main(["study", "resume", name, "--no-progress", *storage]) == 0
+        run = client.get_run(teacher.info.run_id)
+        assert run.info.status == "FAILED" and f"process {proc.pid}" in run.data.tags["error"] and "gone" in run.data.tags["error"]
+        assert run.data.tags["error_type"] == "WorkerLost"
+        study = open_study(tmp_path, name, storage)
+        assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+        teachers = [r for r in all_runs(client, name) if r.data.tags.get("role") == "teacher"]
+        again = [r for r in teachers if r.info.run_id != teacher.info.run_id]
+        assert len(again) == 1 and again[0].info.status == "FINISHED"
+        assert again[0].data.tags["teacher_key"] == teacher.data.tags["teacher_key"]  # the same teacher, trained again
+        trial_run = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+        assert trial_run.data.tags["teacher_run_id"] == again[0].info.run_id  # distilled from the new one, not the dead one
+        assert_nothing_running(study, client, name)
+        assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_while_a_trial_logs_its_model_then_resume(backend, tmp_path, monkeypatch, study_cache, blank_db):
+    """The end of a trial: its metrics are logged, its student's weights are being uploaded,
+    neither the run nor the trial has ended. The process kills itself there (SIGKILL, the
+    test-only research.process.kill_point)."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"k9m_{backend}_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=1))
+    with storage_for(backend, name) as storage:
+        log = tmp_path / "run.log"
+        proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress", *storage], log, kill_at="log_weights")
+        assert proc.wait(timeout=600) == -signal.SIGKILL, log.read_text()
+        study = open_study(tmp_path, name, storage)
+        [victim] = study.get_trials()
+        assert victim.state == TrialState.RUNNING and victim.user_attrs["worker"]["pid"] == proc.pid
+        client = client_for(tmp_path)
+        run = client.get_run(victim.user_attrs["mlflow_run_id"])
+        assert run.info.status == "RUNNING" and "val_accuracy" in run.data.metrics  # it died after its evaluation
+        assert not any(a.path == "weights.pt" for a in client.list_artifacts(run.info.run_id))  # ... and before the upload
+
+        assert main(["study", "resume", name, "--no-progress", *storage]) == 0
+
+        study = open_study(tmp_path, name, storage)
+        dead = study.trials[victim.number]
+        assert dead.state == TrialState.FAIL and f"worker process {proc.pid}" in dead.user_attrs["lost"]
+        run = client.get_run(victim.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FAILED" and f"trial {victim.number} lost" in run.data.tags["error"]
+        assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]  # the lost trial replaced, not counted
+        [done] = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert any(a.path == "weights.pt" for a in client.list_artifacts(done.user_attrs["mlflow_run_id"]))
+        assert_nothing_running(study, client, name)
+        assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_kill_9_of_one_worker_then_resume(backend, tmp_path, monkeypatch, study_cache, blank_db):
+    """A worker of `--workers 2` killed in its trial: the other finishes its own, the command says
+    so in one line (exit 1), and resume fails the dead worker's trial and runs one in its place."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"k9w_{backend}_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=2, epochs=8))
+    with storage_for(backend, name) as storage:
+        log = tmp_path / "run.log"
+        proc = start_cli(tmp_path, ["study", "run", "s.yaml", "--workers", "2", "--no-progress", *storage], log)
+        try:
+            victim = wait_for_running_trial(proc, tmp_path, name, storage, log)
+            worker = victim.user_attrs["worker"]["pid"]
+            assert worker != proc.pid
+            os.kill(worker, signal.SIGKILL)
+            assert proc.wait(timeout=600) == 1, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        errors = [line for line in log.read_text().splitlines() if line.startswith("research: error:")]
+        assert len(errors) == 1 and "worker(s) exited" in errors[0] and f"-{int(signal.SIGKILL)}" in errors[0], log.read_text()
+        assert "Traceback" not in log.read_text()
+        # The other worker went on and finished its share while its sibling lay dead.
+        before = {t.number: t for t in open_study(tmp_path, name, storage).get_trials()}
+        assert sorted(t.state.name for t in before.values()) == ["COMPLETE", "FAIL"]
+        # The parent saw its worker die: the trial and its run are failed before it exits, not at resume.
+        assert f"worker exited with code -{int(signal.SIGKILL)}" in before[victim.number].user_attrs["lost"]
+        assert client_for(tmp_path).get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+
+        assert main(["study", "resume", name, "--no-progress", *storage]) == 0
+        study = open_study(tmp_path, name, storage)
+        client = client_for(tmp_path)
+        dead = study.trials[victim.number]
+        assert dead.state == TrialState.FAIL and f"worker process {worker}" in dead.user_attrs["lost"]
+        assert client.get_run(victim.user_attrs["mlflow_run_id"]).info.status == "FAILED"
+        trials = study.get_trials()
+        assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]  # n_trials = 2 finished, none lost
+        assert sorted(t.number for t in trials) == [0, 1, 2]  # unique numbers
+        runs = [r for r in all_runs(client, name) if r.data.tags.get("role") == "trial"]
+        assert sorted(int(r.data.tags["trial_number"]) for r in runs) == [0, 1, 2]  # one run per trial
+        assert_nothing_running(study, client, name)
+        assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "FINISHED"
 
 
 # ---------------------------------------------------------------- SIGTERM, Ctrl-C
@@ -320,6 +389,180 @@ def test_worker_gone_by_pid_start_time_and_heartbeat():
     assert "no heartbeat for 200 s" in worker_gone(other, now - 200, now - 600, now=now)
     assert worker_gone(None, None, now - 10, now=now) is None  # just started, not yet recorded
     assert "no worker recorded" in worker_gone(None, None, now - 600, now=now)
+
+
+# A process that recovers a study when told to (a file barrier), then prints what it enqueued again.
+RECOVER_AT_ONCE = """
+import json, sys, time
+from pathlib import Path
+from research import sweep
+from research.tracking import Tracker
+
+name, storage, ready, go = sys.argv[1:5]
+study, cfg = sweep.load_existing(name, storage)
+tracker = Tracker(study.user_attrs["mlflow_tracking_uri"])
+Path(ready).touch()
+deadline = time.monotonic() + 300  # a guard against a hang
+while not Path(go).exists() and time.monotonic() < deadline:
+    time.sleep(0.001)
+print(json.dumps(sweep.recover(study, tracker).requeued))
+"""
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() stands for a worker's optimize here
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_processes_recovering_at_once_enqueue_a_lost_default_once(backend, tmp_path, monkeypatch, blank_db):
+    """Two machines resume one study at the same moment: the lost default is enqueued again
+    by one of them only (without the lock both find no copy, and both add one)."""
+    from research.config import load_study_config
+    from research.sweep import create_or_join, storage_url
+    from research.tracking import Tracker
+
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"race_{backend}_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, tmp_path / "cache", n_trials=2, enqueue="[{temperature: 3.0, alpha: 0.25}]"))
+    with storage_for(backend, name) as storage:
+        url = storage_url(storage[1] if storage else None)
+        study = create_or_join(load_study_config("s.yaml"), Tracker(), url)
+        # What Ctrl-C in the default leaves (see the Ctrl-C test): its trial FAIL, marked lost.
+        lost = study.ask()
+        assert lost.user_attrs.get("enqueued")  # the default (its values are drawn later, from fixed_params)
+        lost.set_user_attr("lost", "interrupted (KeyboardInterrupt)")
+        study.tell(lost, state=TrialState.FAIL)
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        go = tmp_path / "go"
+        procs = [subprocess.Popen([sys.executable, "-c", RECOVER_AT_ONCE, name, url, str(tmp_path / f"ready{i}"), str(go)], cwd=tmp_path,
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        try:
+            deadline = time.monotonic() + 300  # a guard against a hang, not a timing assertion
+            while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+                assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+                time.sleep(0.01)
+            go.touch()  # both are loaded: recover at once
+            outputs = [p.communicate(timeout=300) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert [p.returncode for p in procs] == [0, 0], outputs
+        requeued = sorted(out.strip().splitlines()[-1] for out, _ in outputs)
+        assert requeued == ["[0]", "[]"], outputs  # one process enqueued it, the other found its copy
+
+        trials = open_study(tmp_path, name, storage).get_trials()
+        copies = [t for t in trials if t.user_attrs.get("requeue_of") == lost.number]
+        assert len(copies) == 1 and len(trials) == 2, [(t.number, t.state.name, t.user_attrs) for t in trials]
+        assert copies[0].state == TrialState.WAITING and copies[0].user_attrs["enqueued"]
+        assert copies[0].system_attrs["fixed_params"] == pytest.approx({"temperature": 3.0, "alpha": 0.25})
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() stands for a worker's optimize here
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@needs_postgres
+def test_a_trial_failed_by_optunas_heartbeat_check_is_lost_and_its_default_enqueued_again(tmp_path, monkeypatch, blank_db):
+    """PostgreSQL: a worker on another machine died in the enqueued default; Optuna's own
+    heartbeat check (which any live worker runs before its next trial) fails its trial. That
+    trial is no result: it is marked lost, not counted, and the default is enqueued again."""
+    import sqlalchemy as sa
+
+    from research.config import load_study_config
+    from research.sweep import count_finished, create_or_join, recover
+    from research.tracking import Tracker
+
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"stale_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, tmp_path / "cache", n_trials=2, enqueue="[{temperature: 3.0, alpha: 0.25}]"))
+    with storage_for("postgresql", name):
+        study = create_or_join(load_study_config("s.yaml"), Tracker(), POSTGRES_URL)
+        dead = study.ask()  # the default, RUNNING on a machine that then died
+        assert dead.user_attrs.get("enqueued")
+        dead.set_user_attr("worker", {"host": "elsewhere.example", "pid": 4242, "start": 1.0})
+        dead.set_user_attr("heartbeat", time.time())  # our own beat looks fresh: only Optuna's check can fail it
+        study._storage.record_heartbeat(dead._trial_id)
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as c:  # its last Optuna heartbeat, 10 minutes ago (the grace period is 120 s)
+            c.execute(sa.text("update trial_heartbeats set heartbeat = heartbeat - interval '10 minutes' where trial_id = :t"),
+                      {"t": dead._trial_id})
+        engine.dispose()
+        optuna.storages.fail_stale_trials(study)  # what a live worker's optimize does before its next trial
+
+        study = optuna.load_study(study_name=name, storage=POSTGRES_URL)
+        assert study.trials[dead.number].state == TrialState.FAIL
+        assert count_finished(study) == 0  # lost, not a result
+        done = recover(study, Tracker())
+        assert done.requeued == [dead.number]
+        copies = [t for t in study.get_trials() if t.user_attrs.get("requeue_of") == dead.number]
+        assert len(copies) == 1 and copies[0].state == TrialState.WAITING
+        assert copies[0].system_attrs["fixed_params"] == pytest.approx({"temperature": 3.0, "alpha": 0.25})
+
+
+def test_a_run_left_running_on_another_host_is_closed_once_its_heartbeat_is_stale(tmp_path, monkeypatch, blank_db):
+    """Another host's pid cannot be checked: its runs are judged by their heartbeat tag, with the
+    trials' grace period (120 s). Records written as another host's would be, in a real MLflow store."""
+    from research.config import load_study_config
+    from research.sweep import create_or_join, recover, storage_url
+    from research.tracking import Tracker
+
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    (tmp_path / "s.yaml").write_text(plain("elsewhere", tmp_path / "cache", n_trials=1))
+    tracker = Tracker()
+    study = create_or_join(load_study_config("s.yaml"), tracker, storage_url())
+    client = client_for(tmp_path)
+    experiment = client.get_experiment_by_name("elsewhere").experiment_id
+    now = time.time()
+    there = {"process.host": "elsewhere.example", "process.pid": "4242", "process.start": "1234"}
+    assert socket.gethostname() != "elsewhere.example"
+
+    def teacher_run(tags: dict[str, str], started: float) -> str:
+        run = client.create_run(experiment, start_time=int(started * 1000), run_name="teacher-0-mnist1d_cnn",
+                                tags={"role": "teacher", "method": "teacher", **tags})
+        return run.info.run_id
+
+    # Started 15 min ago; last beat 10 min ago (> 120 s): dead. Last beat 10 s ago: alive, however old the run.
+    stale = teacher_run({**there, "heartbeat": f"{now - 600:.0f}"}, now - 900)
+    alive = teacher_run({**there, "heartbeat": f"{now - 10:.0f}"}, now - 900)
+    # No heartbeat (a version that did not beat): another host's run cannot be judged, it is left alone.
+    unknown = teacher_run(there, now - 900)
+    # This host, a live process (this one), its beat long stale: the pid check decides, not the age.
+    me = {"process.host": socket.gethostname(), "process.pid": str(os.getpid()),
+          "process.start": Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]}
+    here = teacher_run({**me, "heartbeat": f"{now - 600:.0f}"}, now - 900)
+
+    done = recover(study, tracker)
+
+    assert done.runs_closed == [stale]
+    run = client.get_run(stale)
+    assert run.info.status == "FAILED" and run.data.tags["error_type"] == "WorkerLost"
+    assert "teacher run lost" in run.data.tags["error"] and "4242 on elsewhere.example" in run.data.tags["error"]
+    age = re.search(r"sent no heartbeat for (\d+) s", run.data.tags["error"])
+    assert age and 600 <= int(age[1]) < 900, run.data.tags["error"]  # from the last beat, not from the run's start (900 s)
+    assert [client.get_run(r).info.status for r in (alive, unknown, here)] == ["RUNNING"] * 3
+    assert client.get_run(study.user_attrs["mlflow_parent_run_id"]).info.status == "RUNNING"  # the parent: resume's
+    for r in (alive, unknown, here):
+        client.set_terminated(r, "FINISHED")
+
+
+def test_a_run_beats_while_its_block_runs_and_stops_after(tmp_path, blank_db):
+    import threading
+
+    from research.tracking import HEARTBEAT_TAG, Tracker
+
+    shutil.copy(blank_db, tmp_path / "mlflow.db")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.heartbeat_s = 0.2
+    client = MlflowClient(tracker.uri)
+    with tracker.run("beats", "r") as run:
+        first = float(client.get_run(run.run_id).data.tags[HEARTBEAT_TAG])  # set as the run starts
+        assert abs(first - time.time()) < 60
+        deadline = time.monotonic() + 60  # a guard against a hang, not a timing assertion
+        while float(client.get_run(run.run_id).data.tags[HEARTBEAT_TAG]) <= first:  # whole seconds: the next second's beat
+            assert time.monotonic() < deadline, "the run did not beat"
+            time.sleep(0.1)
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("heartbeat-run-")]  # its beat ended with it
 
 
 # ---------------------------------------------------------------- secrets

@@ -23,8 +23,8 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    **dict.fromkeys(("ATTR_CONFIG", "ATTR_CONFIG_HASH", "ATTR_EXPERIMENT", "ATTR_LOST", "ATTR_PARENT", "ATTR_TRACKING_URI", "DEFAULT_JOURNAL",
-                     "FINISHED_STATES", "StudyError", "check_storage", "count_finished", "make_pruner", "make_sampler", "open_storage",
+    **dict.fromkeys(("ATTR_CONFIG", "ATTR_CONFIG_HASH", "ATTR_EXPERIMENT", "ATTR_LOST", "ATTR_LOST_TRIAL", "ATTR_PARENT", "ATTR_TRACKING_URI", "DEFAULT_JOURNAL",
+                     "FINISHED_STATES", "StudyError", "check_storage", "count_finished", "lost_reason", "make_pruner", "make_sampler", "open_storage",
                      "sampler_seed", "started_trials", "storage_url"), "storage"),
     **dict.fromkeys(("Choice", "FloatRange", "IntRange", "SearchEncoder", "SearchSpace", "SpaceError"), "space"),
     **dict.fromkeys(("Measurement", "PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",
@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
                      "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),
     **dict.fromkeys(("close_figures", "study_figures"), "plots"),
-    **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "worker_gone", "worker_identity"), "faults"),
+    **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "run_gone", "study_lock", "worker_gone", "worker_identity"), "faults"),
     **dict.fromkeys(("StudyReport", "format_finalize", "format_study_list", "format_study_summary", "write_study_report"), "reporting"),
     **dict.fromkeys(("dashboard_storage", "serve_dashboard"), "dashboard"),
     "ConfigError": "..config",

@@ -10,43 +10,54 @@ their trials start; it fails each RUNNING trial whose worker is gone:
 - on another host (a journal file on a shared disk): its heartbeat is older
   than GRACE_S (another host's pids cannot be checked);
 - PostgreSQL: Optuna's own heartbeats fail stale trials of any host
-  (``optuna.storages.fail_stale_trials``, grace period set in open_storage);
-  the same-host check above fails this host's dead workers at once, without
-  waiting out the grace period.
+  (``optuna.storages.fail_stale_trials``, grace period set in open_storage;
+  any worker's optimize runs it too), and its callback marks them lost (study
+  attr ``lost_trial_<number>``, storage.lost_reason); the same-host check above
+  fails this host's dead workers at once, without waiting out the grace period.
 
 A trial lost so (dead worker, or interrupted: Ctrl-C, SIGTERM) is FAIL with
 user attr ``lost`` (the reason); its MLflow run, if still RUNNING, is ended
 FAILED with the reason as its ``error`` tag. Lost trials do not count towards
 the study's n_trials (they are no result), see storage.count_finished.
+
+MLflow runs with no trial (a teacher's) record their process too (``process.*``
+tags) and beat (``heartbeat`` tag, see tracking.Tracker.run): one left RUNNING
+is ended FAILED when its process on this host is gone, or, on another host,
+when its last beat is older than GRACE_S (the trials' rule).
+
 A lost trial that was an enqueued point (a published default) is enqueued
 again, once: the copy carries ``requeue_of`` (the lost trial's number) and is
-never enqueued again itself. A trial that failed on its own (NaN loss, a bad
-point) is a result and is not repeated.
+never enqueued again itself. Several processes may recover one study at once
+(two machines resuming it): the check for an existing copy and the enqueue run
+under :func:`study_lock`, so one copy is made in all. A trial that failed on
+its own (NaN loss, a bad point) is a result and is not repeated.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import optuna
+import sqlalchemy
+from optuna.storages.journal._file import JournalFileOpenLock, get_lock_file
 from optuna.trial import TrialState
 
-from ..process import process_gone
+from ..process import GRACE_S, HEARTBEAT_S, heartbeat_age, process_gone
 from ..process import process_identity as worker_identity
 from ..tracking import Tracker
-from .storage import ATTR_EXPERIMENT, ATTR_LOST, ATTR_PARENT
+from .storage import ATTR_EXPERIMENT, ATTR_LOST, ATTR_PARENT, lost_reason
 
 ATTR_WORKER = "worker"
 ATTR_HEARTBEAT = "heartbeat"
 ATTR_REQUEUE_OF = "requeue_of"
-HEARTBEAT_S = 30.0
-GRACE_S = 120.0  # four missed heartbeats: the same margin as Optuna's RDB grace period
 
 
 def worker_gone(worker: dict[str, Any] | None, heartbeat: float | None, started: float, *, now: float | None = None) -> str | None:
@@ -59,12 +70,31 @@ def worker_gone(worker: dict[str, Any] | None, heartbeat: float | None, started:
     if worker and worker.get("host") == socket.gethostname():
         gone = process_gone(worker)
         return f"worker {gone}" if gone else None
-    last = max(heartbeat or 0.0, started)
     if not worker and now - started > GRACE_S:  # the attr is set as the objective starts: it died before
         return f"no worker recorded {now - started:.0f} s after the trial started"
-    if worker and now - last > GRACE_S:
-        return f"worker on {worker.get('host')} (pid {worker.get('pid')}) sent no heartbeat for {now - last:.0f} s"
+    age = heartbeat_age(heartbeat, started, now) if worker else None
+    if age is not None:
+        return f"worker on {worker.get('host')} (pid {worker.get('pid')}) sent no heartbeat for {age:.0f} s"
     return None
+
+
+def run_gone(run: Any, *, now: float | None = None) -> str | None:
+    """Why the process that owns a RUNNING MLflow run (not a trial's) is gone, or None when it
+    may be alive. This host: its recorded pid is gone (or reused). Another host: the run's last
+    heartbeat (HEARTBEAT_TAG, else its start) is older than GRACE_S; a run from another host
+    that does not beat (made by an older version) cannot be judged and is left alone."""
+    now = time.time() if now is None else now
+    owner = Tracker.run_process(run)
+    if owner.get("host") == socket.gethostname():
+        gone = process_gone(owner)
+        return f"its {gone}" if gone else None
+    beat = Tracker.run_heartbeat(run)
+    if not owner or beat is None:
+        return None
+    age = heartbeat_age(beat, run.info.start_time / 1000.0, now)
+    if age is None:
+        return None
+    return f"its process {owner.get('pid')} on {owner.get('host')} sent no heartbeat for {age:.0f} s (grace {GRACE_S:.0f} s)"
 
 
 @contextlib.contextmanager
@@ -106,9 +136,11 @@ def recover(study: optuna.Study, tracker: Tracker, *, cause: str | None = None, 
     objective's clean-up, left one RUNNING)."""
     out = Recovery()
     storage = study._storage
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled():
-        with contextlib.suppress(Exception):  # another process may be failing the same trials
-            optuna.storages.fail_stale_trials(study)
+    # Optuna's heartbeats (PostgreSQL): it checks itself whether the storage has them. (An
+    # `isinstance(storage, RDBStorage)` test never held: a loaded study's storage is Optuna's cache.)
+    with contextlib.suppress(Exception), warnings.catch_warnings():  # another process may be failing the same trials
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are what we want
+        optuna.storages.fail_stale_trials(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         started = t.datetime_start.timestamp() if t.datetime_start else time.time()
         worker = t.user_attrs.get(ATTR_WORKER)
@@ -127,39 +159,70 @@ def recover(study: optuna.Study, tracker: Tracker, *, cause: str | None = None, 
         out.failed.append(t.number)
     trials = study.get_trials(deepcopy=False)
     _close_runs(study, tracker, trials, out)
-    _requeue_lost_defaults(study, trials, out)
+    with study_lock(study, "requeue"):
+        _requeue_lost_defaults(study, study.get_trials(deepcopy=False), out)  # read again, under the lock
     return out
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study, purpose: str) -> Iterator[None]:
+    """One process at a time in the block, among all processes and machines that share the
+    study's storage: PostgreSQL, a transaction-level advisory lock (released by the server if
+    the process dies); a journal file or SQLite, a lock file beside it (Optuna's O_EXCL lock,
+    safe on NFS; a dead holder's lock is broken after 30 s). Other databases (MySQL) get no lock.
+    ``purpose`` names the lock (different purposes do not exclude one another)."""
+    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache, if any
+    path = None
+    if isinstance(backend, optuna.storages.RDBStorage):
+        engine = backend.engine
+        if engine.dialect.name == "postgresql":
+            digest = hashlib.blake2b(f"research:{purpose}:{study.study_name}".encode(), digest_size=8).digest()
+            with engine.begin() as conn:  # the lock is held until this transaction ends
+                conn.execute(sqlalchemy.text("select pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(digest, "big", signed=True)})
+                yield
+            return
+        if engine.dialect.name == "sqlite" and engine.url.database:
+            path = engine.url.database
+    elif isinstance(backend, optuna.storages.JournalStorage):
+        path = getattr(backend._backend, "_file_path", None)
+    if path is None:
+        yield
+        return
+    with get_lock_file(JournalFileOpenLock(f"{path}.{purpose}")):
+        yield
 
 
 def _close_runs(study: optuna.Study, tracker: Tracker, trials: list, out: Recovery) -> None:
     """End FAILED the RUNNING runs of the study's experiment left by a dead process: child runs
     of failed trials (Optuna's stale-trial check, or ours, failed the trial; nobody ended its
-    run), and any other run (a teacher's) whose recorded process on this host is gone. The
+    run), and any other run (a teacher's) whose process is gone (:func:`run_gone`). The
     study's parent run is left alone: `resume` reopens it and ends it."""
     parent = study.user_attrs.get(ATTR_PARENT)
     experiment = study.user_attrs.get(ATTR_EXPERIMENT)
     if not parent or not experiment:
         return
     failed = {t.user_attrs.get("mlflow_run_id"): t for t in trials if t.state == TrialState.FAIL}
+    attrs = study.user_attrs
     for run in tracker.find_runs(experiment, status="RUNNING"):
         if run.info.run_id == parent:
             continue
         t = failed.get(run.info.run_id)
         if t is not None:
-            reason = f"trial {t.number} lost: {t.user_attrs.get(ATTR_LOST) or 'its worker sent no heartbeat'}"
+            reason = f"trial {t.number} lost: {lost_reason(t, attrs) or 'its worker sent no heartbeat'}"
         else:
-            gone = process_gone(tracker.run_process(run))
+            gone = run_gone(run)
             if gone is None:
                 continue
-            reason = f"{run.data.tags.get('role', 'run')} run lost: its {gone}"
+            reason = f"{run.data.tags.get('role', 'run')} run lost: {gone}"
         tracker.close_run(run.info.run_id, "FAILED", {"error": reason, "error_type": "WorkerLost"})
         out.runs_closed.append(run.info.run_id)
 
 
 def _requeue_lost_defaults(study: optuna.Study, trials: list, out: Recovery) -> None:
     done = {t.user_attrs.get(ATTR_REQUEUE_OF) for t in trials}
+    attrs = study.user_attrs
     for t in trials:
-        lost = t.state == TrialState.FAIL and t.user_attrs.get(ATTR_LOST)
+        lost = t.state == TrialState.FAIL and lost_reason(t, attrs)
         if not lost or not t.user_attrs.get("enqueued") or ATTR_REQUEUE_OF in t.user_attrs or t.number in done:
             continue
         # The enqueued values live in fixed_params until the trial suggests them (it may have died first).

@@ -48,6 +48,11 @@ ATTR_EXPERIMENT = "mlflow_experiment"
 ATTR_TRACKING_URI = "mlflow_tracking_uri"
 # Trial user attribute: why a trial was lost (its worker died, or it was interrupted); see faults.py.
 ATTR_LOST = "lost"
+# Study user attribute ``lost_trial_<number>``: the same for a trial that Optuna's own heartbeat check
+# failed (PostgreSQL; it may run in any worker before its next trial), marked by its callback: a
+# finished trial takes no more attributes. One key per trial, so concurrent marks do not clash.
+ATTR_LOST_TRIAL = "lost_trial_"
+OPTUNA_GRACE_S = 120  # Optuna's heartbeat grace period (s); the same as faults.GRACE_S
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bar says what matters
@@ -69,7 +74,8 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     if "://" in url:
         with warnings.catch_warnings():  # heartbeats are marked experimental, and are what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=OPTUNA_GRACE_S,
+                                              heartbeat_stale_trial_callback=_mark_stale_trial_lost)
     path = Path(url)
     if not create and not path.exists():
         raise StudyError(f"no study storage at {path} (run a study first, or pass --storage)")
@@ -108,10 +114,12 @@ class AtomicJournalFileBackend(optuna.storages.journal.JournalFileBackend):
 def check_storage(url: str) -> None:
     """Fail early, in one line (StudyError), when the storage cannot be opened."""
     try:
-        open_storage(url)
+        store = open_storage(url)
     except Exception as e:  # driver errors differ by backend; the first line says what is wrong
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StudyError(f"storage {mask_url(url)}: cannot be opened: {mask_url(first)}") from None
+    if isinstance(store, optuna.storages.RDBStorage):
+        store.engine.dispose()  # a probe: its pooled connections are not kept (a shared server has few slots)
 
 
 def sampler_seed(seed: int | None, *, worker: int = 0, started: int = 0) -> int | None:
@@ -140,10 +148,22 @@ def started_trials(study: optuna.Study) -> int:
     return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
+def _mark_stale_trial_lost(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's callback for a trial its heartbeat check has just failed: mark it lost (ATTR_LOST_TRIAL)."""
+    study.set_user_attr(f"{ATTR_LOST_TRIAL}{trial.number}", f"its worker sent no Optuna heartbeat for over {OPTUNA_GRACE_S} s")
+
+
+def lost_reason(trial: optuna.trial.FrozenTrial, study_attrs: dict) -> str | None:
+    """Why a finished trial was lost (no result), None when it was not. ``study_attrs``: the
+    study's user attrs (read once by the caller: a storage round trip)."""
+    return trial.user_attrs.get(ATTR_LOST) or study_attrs.get(f"{ATTR_LOST_TRIAL}{trial.number}")
+
+
 def count_finished(study: optuna.Study) -> int:
     """Trials that are COMPLETE, PRUNED or FAIL, less the lost ones (a dead worker's,
     an interrupted one: no result, so they do not use up the study's n_trials)."""
-    return sum(not t.user_attrs.get(ATTR_LOST) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES))
+    attrs = study.user_attrs
+    return sum(not lost_reason(t, attrs) for t in study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 def make_sampler(cfg: StudyConfig, *, worker: int = 0, started: int = 0) -> optuna.samplers.BaseSampler:
