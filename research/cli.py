@@ -92,7 +92,8 @@ def _add_study_parsers(sub) -> None:
                         description="Validate STUDY.yaml, train its teachers once, create the study with its MLflow parent run, "
                                     "enqueue the published defaults, run the trials, then log the best trial and the plots.")
     _add_config_args(p)
-    p.add_argument("--n-trials", type=int, help="trials to run now (default: the study file's n_trials)")
+    p.add_argument("--n-trials", type=int, help="trials to run now (default: up to the study file's n_trials in all; "
+                   "a study already joined by other processes or machines stops there too)")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads are split between them)")
     p.add_argument("--storage", help=storage_help)
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -129,6 +130,7 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--n-trials", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--timeout", type=float)
+    p.add_argument("--target", type=int, default=None)  # the study's finished trials at which every worker stops
     p.add_argument("--worker-index", type=int, default=0)  # with --started: seeds its sampler apart (sweep.sampler_seed)
     p.add_argument("--started", type=int, default=0)
 
@@ -353,7 +355,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         if action == "worker":
             from .sweep import worker_main
 
-            worker_main(args.name, args.storage, args.n_trials, args.threads, args.timeout, worker=args.worker_index, started=args.started)
+            worker_main(args.name, args.storage, args.n_trials, args.threads, args.timeout, worker=args.worker_index, started=args.started,
+                        target=args.target)
             return 0
     except ConfigError as e:
         return _fail(str(e))
@@ -401,7 +404,14 @@ def _study_run(args: argparse.Namespace) -> int:
     check_models(cfg, data, tracker)  # models that do not fit the data: before the study exists
     study = sweep.create_or_join(cfg, tracker, storage, config_path=args.config)
     _recover(study, tracker)
-    return _run_and_summarize(cfg, study, storage, tracker, n_trials=args.n_trials or cfg.n_trials, workers=args.workers,
+    # Joining a study (another machine's, or one run before): up to its n_trials in all.
+    done = sweep.count_finished(study)
+    n = args.n_trials or cfg.n_trials - done
+    if n <= 0:
+        print(f"study {cfg.name!r} already has {done} finished trials of its {cfg.n_trials}; "
+              f"`research study resume {cfg.name} --n-trials N` runs more")
+        return 0
+    return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers,
                               timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress, data=data)
 
 

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -666,6 +667,62 @@ def test_sigterm_to_study_run_with_workers_is_forwarded_and_resume_completes(tmp
     assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 2
     assert all(t.state == TrialState.COMPLETE or t.user_attrs.get("lost") for t in study.get_trials())
     assert_nothing_running(study, client, "fwd")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_processes_joining_one_study_end_with_its_n_trials_not_twice(backend, tmp_path, monkeypatch, study_cache, blank_db):
+    """Two `study run` (two machines, or a run and a `resume` at once) of a 3-trial study: 3
+    finished trials in all, not 6; a trial one of them started after the study was full is
+    lost (FAIL, not counted) with the reason."""
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"join_{backend}_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=3, epochs=4))
+    with storage_for(backend, name) as storage:
+        first = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress", *storage], tmp_path / "first.log")
+        try:
+            wait_for_running_trial(first, tmp_path, name, storage, tmp_path / "first.log")
+            second = start_cli(tmp_path, ["study", "run", "s.yaml", "--no-progress", *storage], tmp_path / "second.log")
+            assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()
+            assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()
+        finally:
+            for p in (first, locals().get("second")):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
+        study = open_study(tmp_path, name, storage)
+        trials = study.get_trials()
+        assert sum(t.state == TrialState.COMPLETE for t in trials) == 3, [(t.number, t.state.name, t.user_attrs.get("lost")) for t in trials]
+        assert all(t.state == TrialState.COMPLETE or "surplus" in t.user_attrs.get("lost", "") for t in trials)
+        assert_nothing_running(study, client_for(tmp_path), name)
+        # And a third `study run` of the full study runs nothing.
+        again = subprocess.run([sys.executable, "-m", "research.cli", "study", "run", "s.yaml", "--no-progress", *storage], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "already has 3 finished trials of its 3" in again.stdout, again.stdout + again.stderr
+        assert len(open_study(tmp_path, name, storage).get_trials()) == len(trials)
+
+
+@needs_postgres
+def test_a_postgresql_study_leaves_no_connection_open_in_the_process(tmp_path, monkeypatch, study_cache, blank_db):
+    """A process that runs studies again and again (a notebook, this suite) must not pile up idle
+    server connections: a pool per storage object once held 60 of the server's 100 here."""
+    import psutil
+
+    assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
+    port = urllib.parse.urlsplit(POSTGRES_URL).port or 5432
+
+    def open_connections() -> int:
+        return sum(c.raddr and c.raddr.port == port and c.status == "ESTABLISHED" for c in psutil.Process().net_connections("tcp"))
+
+    gc.collect()
+    before = open_connections()
+    chdir_to(monkeypatch, tmp_path, blank_db)
+    name = f"conn_{uuid.uuid4().hex[:8]}"
+    (tmp_path / "s.yaml").write_text(plain(name, study_cache, n_trials=2))
+    with storage_for("postgresql", name) as storage:
+        assert main(["study", "run", "s.yaml", "--no-progress", *storage]) == 0
+        assert main(["study", "resume", name, "--n-trials", "1", "--no-progress", *storage]) == 0
+        assert main(["study", "list", *storage]) == 0
+        assert open_connections() == before  # no garbage collection asked for: none is left to collect
 
 
 # ---------------------------------------------------------------- several machines: a tracking server

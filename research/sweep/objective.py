@@ -60,7 +60,7 @@ from ..stats import mean_se
 from ..tasks import Task, build_task
 from ..tracking import Tracker
 from .faults import heartbeat
-from .storage import ATTR_LOST
+from .storage import ATTR_LOST, count_finished
 
 
 @dataclass
@@ -75,6 +75,7 @@ class StudyContext:
     teachers: list[Teacher]
     cache: TeacherLogitCache
     progress: bool = False
+    target: int | None = None  # finished trials the study should reach (None: no cap)
 
     @property
     def multi_objective(self) -> bool:
@@ -145,6 +146,36 @@ def _objective_values(cfg: StudyConfig, metrics: dict[str, float]) -> float | tu
     return values[0] if len(values) == 1 else values
 
 
+class SurplusTrial(Exception):
+    """A trial started after the study had its trials (another process filled them)."""
+
+
+def _claim_place(ctx: StudyContext, trial: optuna.Trial) -> None:
+    """Raise SurplusTrial (the trial then FAILs, marked lost: not counted) and stop this
+    process's loop when the study's finished trials plus the others running already reach
+    ``ctx.target``: two `resume`s at once, or machines joining one study, end with
+    n_trials, not a multiple (at most one extra each when they check at the same moment)."""
+    if ctx.target is None:
+        return
+    others = sum(t.number != trial.number for t in ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    finished = count_finished(ctx.study)
+    if finished + others >= ctx.target:
+        ctx.study.stop()
+        reason = f"surplus: the study already had {finished} finished and {others} running trials of {ctx.target}"
+        trial.set_user_attr(ATTR_LOST, reason)
+        raise SurplusTrial(reason)
+
+
+def stop_at_target(ctx: StudyContext) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Optuna callback: stop this process's loop once the study has ``ctx.target`` finished trials."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if ctx.target is not None and count_finished(study) >= ctx.target:
+            study.stop()
+
+    return callback
+
+
 def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
     cfg = ctx.cfg
     encoder = cfg.search_encoder()
@@ -153,6 +184,7 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
 
     def objective(trial: optuna.Trial):
         with heartbeat(trial):
+            _claim_place(ctx, trial)
             try:
                 return run_trial(trial)
             except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: no result; see faults.py (enqueued again, not counted)

@@ -72,9 +72,17 @@ def open_storage(url: str, *, create: bool = True) -> optuna.storages.BaseStorag
     worker's trial is failed rather than left RUNNING); anything else is a journal file.
     Raises StudyError when ``create`` is false and the journal file does not exist."""
     if "://" in url:
+        # No connection pool on a database server: a connection is opened per storage call and
+        # closed after it. A pool keeps its idle connections for as long as the storage object
+        # lives; a process that opens studies again and again (a notebook, the test suite, a
+        # long `study run`) then held dozens, and the server refused new workers once its
+        # max_connections were taken. A trial makes a few calls per epoch: the cost is small.
+        import sqlalchemy.pool
+
+        engine_kwargs = {} if url.startswith("sqlite") else {"poolclass": sqlalchemy.pool.NullPool}
         with warnings.catch_warnings():  # heartbeats are marked experimental, and are what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=OPTUNA_GRACE_S,
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=30, grace_period=OPTUNA_GRACE_S,
                                               heartbeat_stale_trial_callback=_mark_stale_trial_lost)
     path = Path(url)
     if not create and not path.exists():

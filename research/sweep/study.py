@@ -29,7 +29,7 @@ from ..distill import TeacherLogitCache
 from ..pipeline import load_run_data, obtain_teachers
 from ..tracking import Tracker, mask_url
 from .faults import recover
-from .objective import StudyContext, _mark_failed_run, make_objective
+from .objective import StudyContext, _mark_failed_run, make_objective, stop_at_target
 from .storage import (
     ATTR_CONFIG,
     ATTR_CONFIG_HASH,
@@ -128,14 +128,16 @@ def load_existing(name: str, storage: str, *, worker: int = 0, started: int | No
     return study, cfg
 
 
-def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool, data: DataBundle | None = None) -> StudyContext:
+def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool, data: DataBundle | None = None,
+                    target: int | None = None) -> StudyContext:
     """Data (``data`` when the caller already loaded it) and teachers (trained, or found in
-    MLflow by their key) for this process's trials."""
+    MLflow by their key) for this process's trials; ``target``: the finished trials at which
+    every process of the study stops (see objective._claim_place)."""
     tracker = Tracker(study.user_attrs.get(ATTR_TRACKING_URI) or cfg.tracking.uri)
     data = data if data is not None else load_run_data(cfg, progress=progress)
     teachers = obtain_teachers(cfg, data, tracker, progress=progress)
     cache = TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
-    return StudyContext(cfg, study, tracker, study.user_attrs[ATTR_PARENT], data, teachers, cache, progress=False)
+    return StudyContext(cfg, study, tracker, study.user_attrs[ATTR_PARENT], data, teachers, cache, progress=False, target=target)
 
 
 def run_trials(ctx: StudyContext, n_trials: int, *, timeout_s: float | None = None, callbacks: Sequence[Callable] = ()) -> None:
@@ -144,7 +146,7 @@ def run_trials(ctx: StudyContext, n_trials: int, *, timeout_s: float | None = No
     try:
         ctx.study.optimize(
             make_objective(ctx), n_trials=n_trials, timeout=timeout_s, catch=(Exception,),
-            callbacks=[_mark_failed_run(ctx.tracker), *callbacks],
+            callbacks=[_mark_failed_run(ctx.tracker), stop_at_target(ctx), *callbacks],
         )
     except BaseException as e:
         interrupt = _interrupt_behind(e)
@@ -195,7 +197,8 @@ def launch(
     start_count = count_finished(study)
     started = started_trials(study)  # the workers' seeds derive from it (see sampler_seed)
     # Teachers first, once (trained, or found in MLflow by their key); workers then reuse them.
-    ctx = prepare_context(cfg, study, progress=progress, data=data)
+    target = start_count + n_trials
+    ctx = prepare_context(cfg, study, progress=progress, data=data, target=target)
     bar = tqdm(total=n_trials, desc=f"study {cfg.name}", unit="trial", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1:
@@ -212,7 +215,7 @@ def launch(
             procs = [
                 subprocess.Popen([sys.executable, "-m", "research.cli", "study", "worker", cfg.name, "--storage", storage,
                                   "--n-trials", str(share), "--threads", str(threads), "--worker-index", str(index),
-                                  "--started", str(started)]
+                                  "--started", str(started), "--target", str(target)]
                                  + (["--timeout", str(timeout_s)] if timeout_s else []), start_new_session=True)
                 for index, share in enumerate(split_trials(n_trials, workers))
             ]
@@ -270,7 +273,8 @@ def _show_best(bar: tqdm, study: optuna.Study, cfg: StudyConfig) -> None:
             pass
 
 
-def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s: float | None, *, worker: int = 0, started: int = 0) -> None:
+def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s: float | None, *, worker: int = 0, started: int = 0,
+                target: int | None = None) -> None:
     """One worker process: joins the study, reuses the teachers, runs its share.
     ``worker`` (its index) and ``started`` (trials started when the launch began)
     seed its sampler apart from the other workers' (see storage.sampler_seed)."""
@@ -279,5 +283,5 @@ def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s:
     torch.set_num_threads(threads)
     study, cfg = load_existing(name, storage, worker=worker, started=started)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
-    ctx = prepare_context(cfg, study, progress=False)
+    ctx = prepare_context(cfg, study, progress=False, target=target)
     run_trials(ctx, n_trials, timeout_s=timeout_s)
