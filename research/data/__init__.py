@@ -25,14 +25,16 @@ DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "ci
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors elementwise has no single truth value
 class Split:
-    x: torch.Tensor  # float32 inputs [N, *input_shape]
-    y: torch.Tensor  # int64 labels [N]; -1 marks unlabeled samples (transfer set)
+    x: torch.Tensor  # float32 inputs [N, *input_shape], or int64 token ids [N, L] (a sequence task)
+    y: torch.Tensor  # int64 labels [N]; -1 marks unlabeled samples (transfer set); a sequence task: [N, L] or [N, R, L]
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.x.dtype != torch.float32 or self.y.dtype != torch.int64:
-            raise ValueError(f"Split needs float32 x and int64 y, got {self.x.dtype} and {self.y.dtype}")
-        if self.y.dim() != 1 or len(self.x) != len(self.y):
+        if self.x.dtype not in (torch.float32, torch.int64) or self.y.dtype != torch.int64:
+            raise ValueError(f"Split needs float32 (or int64 token) x and int64 y, got {self.x.dtype} and {self.y.dtype}")
+        # Labels are one per sample [N]; token targets (research.tasks.sequence) are [N, L] or [N, R, L].
+        sequence = self.x.dtype == torch.int64
+        if (self.y.dim() != 1 and not sequence) or self.y.dim() == 0 or len(self.x) != len(self.y):
             raise ValueError(f"Split x {tuple(self.x.shape)} and y {tuple(self.y.shape)} disagree")
 
     def __len__(self) -> int:
