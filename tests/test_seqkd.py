@@ -201,3 +201,74 @@ def test_task_metrics_by_hand_on_a_fixed_output():
     y[1, 0, :3] = torch.tensor([4, 5, EOS])    # word 1: (4, 5) -> wrong, distance 2 over 2
     m = task.epoch_metrics(model, x, y)
     assert m == {"wer": pytest.approx(0.5), "per": pytest.approx(2 / 2)}
+
+
+# ---------------------------------------------------------------- `research distill` on CMUdict, real MLflow store
+
+
+G2P_CONFIG = """
+name: g2p_e2e
+seed: 0
+task: g2p
+data: {dataset: cmudict, val_fraction: 0.05, cache_dir: .cache, g2p: {max_words: 150}}
+teachers:
+  - model: {name: transformer_seq2seq, args: {src_vocab: 32, layers: 1, d_model: 32, heads: 2}}
+    train: {epochs: 1, batch_size: 64, lr: 0.003}
+student: {name: transformer_seq2seq, args: {src_vocab: 32, layers: 1, d_model: 16, heads: 2}}
+train: {epochs: 1, batch_size: 64, lr: 0.003}
+distill: {temperature: 2, alpha: 1.0, sequence: {targets: beam_top, beam: 2}}
+eval: {latency_repeats: 1, batch_size: 256}
+tracking: {experiment: g2p_e2e}
+"""
+
+
+def test_research_distill_runs_sequence_level_kd_end_to_end(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from research.cli import main
+    from research.config import load_run_config
+    from research.data.g2p import load_g2p
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "g2p.yaml").write_text(G2P_CONFIG)
+    assert main(["distill", "g2p.yaml", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "test WER" in out and "test acc" not in out
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("g2p_e2e")
+    runs = {r.data.tags["role"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"teacher", "student", "distill"}
+    data = load_g2p(max_words=150, val_fraction=0.05)
+    # the student alone learns from the reference pairs, the distilled one from one beam output per training word
+    assert runs["student"].data.metrics["train_samples"] == len(data.train)
+    assert runs["distill"].data.metrics["train_samples"] == len(data.train_words) != len(data.train)
+    for r in runs.values():
+        m = r.data.metrics
+        assert 0 <= m["test_wer"] <= 1 and m["test_per"] >= 0 and m["params"] > 0 and m["latency_b1_ms"] > 0
+    assert runs["distill"].data.params["distill.sequence.targets"] == "beam_top"
+    assert len(list((tmp_path / ".cache" / "teacher_beams").glob("beam-*.pt"))) == 1
+    # a classification config's dump has no sequence or g2p key: its hashes and params are unchanged
+    cfg = load_run_config(tmp_path / "g2p.yaml")
+    assert "g2p" in cfg.data.model_dump() and "sequence" in cfg.distill.model_dump()
+    from research.config import RunConfig
+
+    plain = RunConfig().model_dump()
+    assert "g2p" not in plain["data"] and "sequence" not in plain["distill"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"task": "classification"}, "the g2p task goes with data.dataset cmudict"),
+    ({"data": {"dataset": "mnist1d", "g2p": {"max_words": 10}}}, "only the cmudict dataset reads it"),
+    ({"distill": {"sequence": {"beam": 2, "top_k": 3}}}, "top_k 3 exceeds beam 2"),
+])
+def test_g2p_config_errors(override, message):
+    import yaml
+
+    from research.config import ConfigError, RunConfig, parse
+
+    raw = yaml.safe_load(G2P_CONFIG)
+    for k, v in override.items():
+        raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
+    with pytest.raises(ConfigError, match=message):
+        parse(RunConfig, raw)

