@@ -246,6 +246,7 @@ def test_research_distill_runs_sequence_level_kd_end_to_end(tmp_path, monkeypatc
     for r in runs.values():
         m = r.data.metrics
         assert 0 <= m["test_wer"] <= 1 and m["test_per"] >= 0 and m["params"] > 0 and m["latency_b1_ms"] > 0
+        assert m["test_decode_words_per_s"] > 0 and m["test_decode_latency_b1_ms"] > 0
     assert runs["distill"].data.params["distill.sequence.targets"] == "beam_top"
     assert len(list((tmp_path / ".cache" / "teacher_beams").glob("beam-*.pt"))) == 1
     # a classification config's dump has no sequence or g2p key: its hashes and params are unchanged
@@ -272,3 +273,20 @@ def test_g2p_config_errors(override, message):
         raw[k] = {**raw[k], **v} if isinstance(v, dict) and isinstance(raw.get(k), dict) else v
     with pytest.raises(ConfigError, match=message):
         parse(RunConfig, raw)
+
+
+def test_full_train_adds_the_validation_words_and_pairs():
+    from research.data.g2p import load_g2p_bundle, pronunciations
+
+    b = load_g2p_bundle(max_words=80, val_fraction=0.1, seed=2)
+    g = b.g2p
+    full = b.full_train()
+    assert len(full) == len(g.train) + len(g.val_pairs)
+    assert len(g.val_pairs) == sum(len(pronunciations(False)[w]) for w in g.words["val"])
+    words = b.words(full_train=True)
+    assert len(words) == len(g.train_words) + len(g.val)
+    decoded = ["".join(g.src_vocab.decode(x)) for x in words.x]
+    assert decoded == g.words["train"] + g.words["val"]
+    refs = [[tuple(g.tgt_vocab.decode(r)) for r in row if r[0] != PAD] for row in words.y]
+    assert refs == [pronunciations(False)[w] for w in decoded]
+    assert b.words() is g.train_words

@@ -18,7 +18,11 @@ KL summed over the vocabulary, both terms averaged over the real tokens of the b
 
 Metrics (:mod:`research.g2p_metrics`): ``wer`` and ``per`` of the model's GREEDY output
 (``research.decoding.greedy_decode``, at most ``source width + 8`` output tokens) against all
-references; ``nll``: teacher-forced mean NLL per real token of the first reference. With
+references; ``nll``: teacher-forced mean NLL per real token of the first reference;
+``decode_words_per_s`` (greedy decoding of the whole split in batches of 256) and
+``decode_latency_b1_ms`` (median over the first 20 words decoded one at a time), on the
+model's device with the process's threads (the run's ``latency_b1_ms`` times one decoder
+step on the task's example input, not a whole word). With
 the teachers' prediction (teacher-forced logits as :meth:`predict` gives them):
 ``agreement`` (share of real tokens whose argmax agrees) and ``kl_to_teacher`` (mean KL per
 real token, T = 1). Beam-search evaluation is :func:`decode_metrics` with ``beam`` > 1.
@@ -26,6 +30,8 @@ real token, T = 1). Beam-search evaluation is :func:`decode_metrics` with ``beam
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Sequence
 
 import torch
@@ -97,7 +103,8 @@ class Seq2Seq(Task):
     validation_metric = "wer"
     direction = "minimize"
     epoch_metric_names = ("wer", "per")
-    metric_names = ("wer", "per", "nll")
+    metric_names = ("wer", "per", "nll", "decode_words_per_s", "decode_latency_b1_ms")
+    latency_words = 20  # words decoded one at a time for the batch-1 latency
     teacher_metric_names = ("agreement", "kl_to_teacher")
 
     def forward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,7 +143,16 @@ class Seq2Seq(Task):
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, teacher_logits: torch.Tensor | None = None,
                  batch_size: int = 1024, ece_bins: int = 15) -> dict[str, float]:
+        t0 = time.perf_counter()
         out = self.epoch_metrics(model, x, y)
+        out["decode_words_per_s"] = len(x) / (time.perf_counter() - t0)  # greedy, batches of 256, this process's threads
+        max_len = _max_output(model, x)
+        times = []
+        for i in range(min(self.latency_words, len(x))):
+            t0 = time.perf_counter()
+            greedy_decode(model, x[i : i + 1].to(next(model.parameters()).device), max_len=max_len)
+            times.append(time.perf_counter() - t0)
+        out["decode_latency_b1_ms"] = 1000.0 * statistics.median(times)
         logits = self.predict(model, x, y, batch_size=batch_size)
         rows, labels = self.loss_rows(logits, y)
         out["nll"] = float(F.cross_entropy(rows, labels))
