@@ -1,7 +1,10 @@
 """Greedy decoding and batched beam search for encoder-decoder models (``research.models.seq2seq``).
 
 A model here has ``encode(src [B, Ls]) -> (memory, src_pad)`` and
-``decode(tgt_in [B, t], memory, src_pad) -> logits [B, t, V]``; token ids
+``decode(tgt_in [B, t], memory, src_pad) -> logits [B, t, V]``; when it also has
+``start(memory, src_pad)``, ``step(state, tokens [N]) -> logits [N, V]`` and
+``reorder(state, rows)`` (``research.models.seq2seq``), each step runs on the
+newest position only (tested equal to ``decode`` on the whole prefix); token ids
 follow ``research.data.g2p``: PAD 0, BOS 1, EOS 2. PAD and BOS are never
 generated. Every output ends with EOS:
 
@@ -65,10 +68,27 @@ def _check(max_len: int, beam: int = 1) -> None:
         raise ValueError(f"beam must be a positive int, got {beam!r}")
 
 
-def _step_log_probs(model: nn.Module, prefix: torch.Tensor, memory: torch.Tensor, pad: torch.Tensor,
-                    force_eos: bool) -> torch.Tensor:
+class _Stepper:
+    """Next-token logits after a growing prefix: the model's incremental ``start``/``step``/``reorder``
+    when it has them (``research.models.seq2seq``), else ``decode`` on the whole prefix each step."""
+
+    def __init__(self, model: nn.Module, memory: torch.Tensor, pad: torch.Tensor) -> None:
+        self.model, self.memory, self.pad = model, memory, pad
+        self.state = model.start(memory, pad) if hasattr(model, "step") else None
+
+    def logits(self, prefix: torch.Tensor) -> torch.Tensor:
+        if self.state is not None:
+            return self.model.step(self.state, prefix[:, -1])
+        return self.model.decode(prefix, self.memory, self.pad)[:, -1]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        if self.state is not None:
+            self.model.reorder(self.state, rows)
+
+
+def _step_log_probs(stepper: _Stepper, prefix: torch.Tensor, force_eos: bool) -> torch.Tensor:
     """log p(next token) [N, V] after ``prefix`` [N, t]; PAD and BOS masked out, only EOS at the last step."""
-    logp = torch.log_softmax(model.decode(prefix, memory, pad)[:, -1].float(), dim=-1)
+    logp = torch.log_softmax(stepper.logits(prefix).float(), dim=-1)
     blocked = torch.zeros(logp.shape[-1], dtype=torch.bool, device=logp.device)
     if force_eos:
         blocked[:] = True
@@ -86,14 +106,14 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, *, max_len: int) -> list[
     was_training = model.training
     model.eval()
     try:
-        memory, pad = model.encode(src)
+        stepper = _Stepper(model, *model.encode(src))
         b = src.shape[0]
         prefix = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
         total = torch.zeros(b, dtype=torch.float64, device=src.device)
         done = torch.zeros(b, dtype=torch.bool, device=src.device)
         out: list[list[int]] = [[] for _ in range(b)]
         for step in range(max_len + 1):
-            logp = _step_log_probs(model, prefix, memory, pad, force_eos=step == max_len)
+            logp = _step_log_probs(stepper, prefix, force_eos=step == max_len)
             best, tok = logp.max(-1)
             total += torch.where(done, torch.zeros_like(total), best.double())
             for i in torch.nonzero(~done & (tok != EOS)).flatten().tolist():
@@ -124,44 +144,49 @@ def beam_search(model: nn.Module, src: torch.Tensor, *, beam: int, max_len: int,
     model.eval()
     try:
         b, k = src.shape[0], beam
+        dev = src.device
         memory, pad = model.encode(src)
         memory, pad = memory.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)  # row i*k + j: source i, slot j
-        prefix = torch.full((b * k, 1), BOS, dtype=torch.long, device=src.device)
+        stepper = _Stepper(model, memory, pad)
+        prefix = torch.full((b * k, 1), BOS, dtype=torch.long, device=dev)
         # Only slot 0 is alive at the start (the others would duplicate it).
-        alive = torch.full((b, k), float("-inf"), dtype=torch.float64)
+        alive = torch.full((b, k), float("-inf"), dtype=torch.float64, device=dev)
         alive[:, 0] = 0.0
         finished: list[list[Hypothesis]] = [[] for _ in range(b)]
-        done = [False] * b
+        n_finished = torch.zeros(b, dtype=torch.long, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        base = torch.arange(b, device=dev)[:, None] * k
         for step in range(max_len + 1):
-            logp = _step_log_probs(model, prefix, memory, pad, force_eos=step == max_len).double().cpu()
+            logp = _step_log_probs(stepper, prefix, force_eos=step == max_len).double()
             v = logp.shape[-1]
             cand = (alive[:, :, None] + logp.view(b, k, v)).view(b, k * v)
-            top_scores, top_idx = cand.topk(min(2 * k, k * v), dim=1)
-            new_prefix = prefix.new_full((b * k, prefix.shape[1] + 1), EOS)
-            new_alive = torch.full((b, k), float("-inf"), dtype=torch.float64)
-            tokens_so_far = prefix[:, 1:].cpu()
-            for i in range(b):
-                if done[i]:
-                    continue
-                filled = 0
-                for s, idx in zip(top_scores[i].tolist(), top_idx[i].tolist()):
-                    if s == float("-inf") or filled == k:
-                        break
-                    slot, tok = divmod(idx, v)
-                    row = i * k + slot
-                    if tok == EOS:
-                        toks = tuple(int(t) for t in tokens_so_far[row].tolist())
-                        finished[i].append(Hypothesis(toks, s, length_normalised(s, len(toks), length_penalty)))
-                    else:
-                        new_prefix[i * k + filled, :-1] = prefix[row]
-                        new_prefix[i * k + filled, -1] = tok
-                        new_alive[i, filled] = s
-                        filled += 1
-                if len(finished[i]) >= k or filled == 0:
-                    done[i] = True
-            if all(done):
+            top_scores, top_idx = cand.topk(min(2 * k, k * v), dim=1)  # [B, 2k], best first
+            slot, tok = top_idx // v, top_idx % v
+            valid = (top_scores > float("-inf")) & ~done[:, None]
+            is_eos = tok == EOS
+            grows = valid & ~is_eos
+            # Walking the candidates in order, one is taken while fewer than k alive ones came before it
+            # (an EOS candidate after the k-th alive one is never reached).
+            before = torch.cumsum(grows.long(), dim=1) - grows.long()
+            taken = valid & (before < k)
+            ends, keeps = taken & is_eos, taken & ~is_eos
+            for i, j in ends.nonzero().tolist():  # finished hypotheses: few per step
+                row = i * k + int(slot[i, j])
+                toks = tuple(prefix[row, 1:].tolist())
+                sc = float(top_scores[i, j])
+                finished[i].append(Hypothesis(toks, sc, length_normalised(sc, len(toks), length_penalty)))
+            n_finished += ends.sum(1)
+            # The kept candidates, in order, fill the k slots; unfilled slots get score -inf.
+            order = torch.argsort((~keeps).int(), dim=1, stable=True)[:, :k]  # [B, k]
+            kept = keeps.gather(1, order)
+            rows = (base + slot.gather(1, order)).view(-1)
+            new_tok = torch.where(kept, tok.gather(1, order), torch.full_like(order, EOS)).view(-1, 1)
+            alive = torch.where(kept, top_scores.gather(1, order), torch.full_like(alive, float("-inf")))
+            prefix = torch.cat([prefix[rows], new_tok], dim=1)
+            stepper.reorder(rows)
+            done |= (n_finished >= k) | ~kept.any(1)
+            if bool(done.all()):
                 break
-            prefix, alive = new_prefix, new_alive
         return [sorted(f, key=lambda h: -h.score)[:n_best] for f in finished]
     finally:
         model.train(was_training)

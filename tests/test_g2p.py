@@ -227,6 +227,28 @@ def test_a_padded_batch_decodes_as_one_row_at_a_time(beam):
         assert greedy[i].tokens == greedy_decode(model, SRC[i : i + 1, :n], max_len=7)[0].tokens
 
 
+def test_incremental_steps_equal_the_whole_prefix_decode():
+    model = _tiny(2, vt=9, sharpen=1.0)
+    memory, pad = model.encode(SRC)
+    tgt = torch.tensor([[BOS, 3, 4, 5, 6], [BOS, 5, 5, 3, 8], [BOS, 8, 7, 6, 5], [BOS, 4, 3, 4, 3]])
+    with torch.no_grad():
+        full = model.decode(tgt, memory, pad)  # [4, 5, 9]
+        state = model.start(memory, pad)
+        steps = [model.step(state, tgt[:, t]) for t in range(tgt.shape[1])]
+        assert torch.allclose(torch.stack(steps, 1), full, atol=1e-5)
+        # reordering the rows (a beam keeping prefixes 2, 2, 0, 1) keeps each row's own history
+        state = model.start(memory, pad)
+        for t in range(3):
+            model.step(state, tgt[:, t])
+        rows = torch.tensor([2, 2, 0, 1])
+        model.reorder(state, rows)
+        swapped = model.step(state, tgt[rows, 3])
+        expected = model.decode(tgt[rows, :4], memory, pad)[:, -1]  # same sources: the memory rows are not reordered
+        assert not torch.allclose(swapped, model.decode(tgt[:, :4], memory, pad)[:, -1], atol=1e-3)
+    # rows 2 and 0 see other sources' memory here, so compare against decode with the same memory rows
+    assert torch.allclose(swapped, expected, atol=1e-5)
+
+
 def test_max_len_cuts_and_closes_with_eos():
     model = _tiny(0, vt=9, sharpen=1.0)
     with torch.no_grad():  # EOS made very unlikely: every output runs to max_len

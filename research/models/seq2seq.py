@@ -73,6 +73,38 @@ class Seq2SeqTransformer(nn.Module):
         h = self.decoder(h, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=src_pad)
         return self.out(h)
 
+    def start(self, memory: Tensor, src_pad: Tensor) -> dict[str, Any]:
+        """Incremental decoding state for :meth:`step` (no token decoded yet)."""
+        return {"memory": memory, "pad": src_pad, "inputs": [None] * len(self.decoder.layers), "t": 0}
+
+    def step(self, state: dict[str, Any], tokens: Tensor) -> Tensor:
+        """Logits [N, V] of the next position after feeding ``tokens`` [N] (BOS first), in eval mode.
+
+        The same function as :meth:`decode` on the whole prefix, computed for the last position
+        only: each layer keeps its inputs at the earlier positions (causal attention never changes
+        them), so a step costs one position instead of the whole prefix. Pre-LN layers, as built."""
+        t = state["t"]
+        if t >= self.max_len:
+            raise ValueError(f"target length {t + 1} exceeds max_len {self.max_len}")
+        x = self.tgt_embed(tokens)[:, None] + self.tgt_pos.weight[t]
+        memory, pad = state["memory"], state["pad"]
+        for i, layer in enumerate(self.decoder.layers):
+            seen = x if state["inputs"][i] is None else torch.cat([state["inputs"][i], x], dim=1)
+            state["inputs"][i] = seen
+            a = layer.norm1(seen)
+            x = x + layer.self_attn(a[:, -1:], a, a, need_weights=False)[0]
+            y = layer.norm2(x)
+            x = x + layer.multihead_attn(y, memory, memory, key_padding_mask=pad, need_weights=False)[0]
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        state["t"] = t + 1
+        return self.out(self.decoder.norm(x))[:, 0]
+
+    @staticmethod
+    def reorder(state: dict[str, Any], rows: Tensor) -> None:
+        """Keep rows ``rows`` of the state's per-row caches (a beam's surviving prefixes); the
+        memory is not reordered, so ``rows`` must stay within each source's block of rows."""
+        state["inputs"] = [None if c is None else c[rows] for c in state["inputs"]]
+
     def forward(self, src: Tensor, tgt_in: Tensor | None = None) -> Tensor:
         if tgt_in is None:
             tgt_in = torch.full((src.shape[0], 1), BOS_ID, dtype=src.dtype, device=src.device)
