@@ -184,6 +184,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
     from .pipeline import RunContext, load_run_data, train_teacher
+    from .tasks import build_task
     from .tracking import Tracker
 
     tracker = Tracker(cfg.tracking.uri)
@@ -192,7 +193,8 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
         if tc.model is None:
             continue
         _, result = train_teacher(tc, data, cfg, RunContext(tracker, config_path=args.config, progress=not args.no_progress), index=i)
-        print(f"teacher {i} ({tc.model.name}): test accuracy {result.metrics['test_accuracy']:.4f}, "
+        metric = build_task(cfg.task).validation_metric  # accuracy for classification, wer for g2p
+        print(f"teacher {i} ({tc.model.name}): test {metric} {result.metrics[f'test_{metric}']:.4f}, "
               f"run {result.run_id}, model runs:/{result.run_id}/model")
     _print_ui_hint(tracker)
     return 0
@@ -301,6 +303,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain text table: mean ± std over seeds for each role."""
     cols = [("role", "run"), ("runs", "n"), ("test_accuracy", "test acc"), ("test_errors", "test errors"),
             ("params", "params"), ("train_time_s", "train s")]
+    if any("test_wer" in r for r in rows):  # a sequence task: error rates instead of accuracy
+        cols[2:4] = [("test_wer", "test WER"), ("test_per", "test PER")]
     lines = []
     header = [title for _, title in cols]
     body = []
@@ -312,7 +316,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 cells.append(str(v))
             elif v is None:
                 cells.append("-")
-            elif key == "test_accuracy":
+            elif key in ("test_accuracy", "test_wer", "test_per"):
                 cells.append(format_mean_std(v, r.get(key + "_std"), scale=100, unit=" %"))
             elif key == "params":
                 cells.append(f"{v:,.0f}")

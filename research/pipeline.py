@@ -44,6 +44,13 @@ class RunResult:
 
 def load_run_data(cfg: RunConfig, *, progress: bool = True) -> DataBundle:
     d = cfg.data
+    if d.dataset == "cmudict":  # a sequence dataset (task g2p): research.data.g2p
+        from .config.run import G2PDataConfig
+        from .data.g2p import load_g2p_bundle
+
+        g = d.g2p or G2PDataConfig()
+        return load_g2p_bundle(max_words=g.max_words, stress=g.stress, val_fraction=d.val_fraction,
+                               test_fraction=g.test_fraction, seed=d.split_seed)
     return load_data(
         d.dataset,
         root=d.root,
@@ -287,6 +294,11 @@ def train_student(
     base = data.full_train() if full_train else data.train
     distilled = bool(teachers)
     train_split = concat_splits(base, data.transfer) if distilled else base
+    if distilled and cfg.distill.sequence is not None:  # sequence-level KD: the teacher's beam outputs as targets
+        from .distill.seqkd import sequence_training_split
+
+        train_split = sequence_training_split(data, teachers[0].model, cfg.distill.sequence, full_train=full_train,
+                                              cache_dir=Path(cfg.data.cache_dir) / "teacher_beams")
     train_cfg = cfg.train if distilled or cfg.baseline_train is None else cfg.baseline_train
     seed_everything(seed, train_cfg.deterministic)  # the initial weights follow the seed too
     student = build_model(cfg.student.name, input_shape=data.input_shape, num_classes=data.num_classes, **cfg.student.args)
@@ -408,7 +420,9 @@ def run_distillation(
     return results
 
 
-def summarize(results: Sequence[RunResult], metrics: Sequence[str] = ("test_accuracy", "test_errors", "params", "train_time_s")) -> list[dict[str, Any]]:
+def summarize(results: Sequence[RunResult],
+              metrics: Sequence[str] = ("test_accuracy", "test_errors", "test_wer", "test_per", "params", "train_time_s"),
+              ) -> list[dict[str, Any]]:
     """One row per role: mean and sample standard deviation over seeds."""
     rows = []
     for role in dict.fromkeys(r.role for r in results):

@@ -19,7 +19,8 @@ STUDY_FILES = sorted((REPO / "studies").rglob("*.yaml"))  # subfolders too (stud
 # Keys that only a study file has (research/config/study.py StudyConfig), and the comparison's own section.
 STUDY_KEYS = {"search", "sampler", "pruner", "objectives", "n_trials", "timeout_s", "storage", "enqueue", "keep_models"}
 # Input shapes written out by hand (MNIST-1D: 40 points; MNIST: 1 x 28 x 28 images).
-INPUT_SHAPES = {"mnist1d": (40,), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+INPUT_SHAPES = {"mnist1d": (40,), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32),
+                "cmudict": (28,)}  # CMUdict: letter ids, the longest word has 28 letters
 
 
 def kind_of(path: Path) -> str:
@@ -48,7 +49,10 @@ def _forward_ok(spec, shape) -> int:
     """Build the model for ``shape``, run a batch of 2, return its parameter count."""
     model = build_model(spec.name, input_shape=shape, num_classes=10, **spec.args).eval()
     with torch.no_grad():
-        assert model(torch.zeros(2, *shape)).shape == (2, 10)
+        if spec.name == "transformer_seq2seq":  # token ids in; the first output step's scores out
+            assert model(torch.full((2, *shape), 3)).shape == (2, 1, 10)
+        else:
+            assert model(torch.zeros(2, *shape)).shape == (2, 10)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Mapping
 
-from pydantic import BaseModel, Field, GetCoreSchemaHandler, field_validator, model_validator
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, field_validator, model_serializer, model_validator
 from pydantic_core import core_schema
 
 from ..data import DATASETS, check_data_available
@@ -36,6 +36,24 @@ class ModelSpec(Strict):
         return self
 
 
+class G2PDataConfig(Strict):
+    """CMUdict's own knobs (``data.dataset: cmudict``; ``research.data.g2p.load_g2p``). The split
+    uses ``data.val_fraction`` and ``data.split_seed`` like every dataset."""
+
+    max_words: int | None = Field(None, ge=3)  # a seeded subsample of the ~126,000 words; null keeps all
+    stress: bool = False  # keep the stress digits (AH0) or strip them (39 phonemes)
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+
+
+def _drop_when_none(out: dict[str, Any], model: BaseModel, keys: tuple[str, ...]) -> dict[str, Any]:
+    # An optional section added after configs were hashed: left out of the dump while unset, so
+    # the config hashes, teacher keys and logged params of every existing config stay as they were.
+    for k in keys:
+        if getattr(model, k) is None:
+            out.pop(k, None)
+    return out
+
+
 class DataConfig(Strict):
     dataset: str = "mnist1d"
     root: str = "data"  # torchvision datasets live under root (e.g. ../shared/data)
@@ -46,6 +64,11 @@ class DataConfig(Strict):
     transfer_seed: int = 1
     augment: bool = False
     download: bool = False
+    g2p: G2PDataConfig | None = None  # cmudict only; null: its defaults
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return _drop_when_none(handler(self), self, ("g2p",))
 
     @field_validator("dataset")
     @classmethod
@@ -62,6 +85,10 @@ class DataConfig(Strict):
             raise ValueError("augment is not defined for mnist1d")
         if self.transfer_seed == 42 and self.transfer_size:
             raise ValueError("transfer_seed 42 is the seed of MNIST-1D's own samples; pick another")
+        if self.g2p is not None and self.dataset != "cmudict":
+            raise ValueError(f"g2p: only the cmudict dataset reads it (dataset is {self.dataset})")
+        if self.augment and self.dataset == "cmudict":
+            raise ValueError("augment is not defined for cmudict")
         return self
 
 
@@ -159,6 +186,26 @@ def _validate_method_config(value: Any) -> "MethodConfig":
 CompressConfig = Annotated[MethodConfig, _RegisteredMethods()]
 
 
+class SequenceKDConfig(Strict):
+    """Sequence-level distillation (task ``g2p``, ``research.distill.seqkd``): the distilled
+    student's targets. ``reference``: the dictionary's pairs (word-level KD alone);
+    ``beam_top``: the first teacher's ``top_k`` best beam outputs for every training word
+    (sequence-level KD; with ``alpha: 1`` the loss is CE on them alone, with ``alpha`` < 1
+    word-level KD is added); ``beam_closest``: the beam hypothesis closest to a reference
+    (seq-inter). The n-best lists are cached under ``data.cache_dir/teacher_beams``."""
+
+    targets: Literal["reference", "beam_top", "beam_closest"] = "beam_top"
+    beam: int = Field(5, ge=1)
+    length_penalty: float = Field(1.0, ge=0)  # score / |Y|^length_penalty (research.decoding)
+    top_k: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _k(self) -> "SequenceKDConfig":
+        if self.top_k > self.beam:
+            raise ValueError(f"top_k {self.top_k} exceeds beam {self.beam}")
+        return self
+
+
 class DistillConfig(Strict):
     """How the student learns from its teachers: a registered objective and its knobs.
 
@@ -184,6 +231,11 @@ class DistillConfig(Strict):
     weighting: WeightingValue = None
     cache_teacher_logits: bool = True
     args: dict[str, Any] = Field(default_factory=dict)  # the objective's own knobs beyond the shared ones
+    sequence: SequenceKDConfig | None = None  # task g2p: the teacher's beam outputs as targets
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        return _drop_when_none(handler(self), self, ("sequence",))
 
     @field_validator("objective")
     @classmethod
@@ -288,6 +340,10 @@ class RunConfig(Strict):
             if self.compress_source not in sources:
                 raise ValueError(f"compress_source: {self.compress_source} cannot be used with compress.method "
                                  f"{self.compress.method}; use {' or '.join(sources)}")
+        if (self.task == "g2p") != (self.data.dataset == "cmudict"):
+            raise ValueError(f"task: the g2p task goes with data.dataset cmudict (task {self.task}, dataset {self.data.dataset})")
+        if self.distill.sequence is not None and self.task != "g2p":
+            raise ValueError("distill.sequence: only the g2p task has sequence-level targets")
         w = self.distill.teacher_weights
         if w is not None and len(w) != len(self.teachers):
             raise ValueError(f"distill.teacher_weights has {len(w)} values for {len(self.teachers)} teachers")

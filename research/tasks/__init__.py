@@ -13,10 +13,10 @@ called on them:
 
 * ``classification`` (:mod:`.classification`): x float [B, *input_shape],
   y int [B] (-1 marks an unlabeled sample), logits [B, C];
-* a sequence-to-sequence task (the next issue's data side) would read x as
-  int tokens [B, L], y as int targets [B, L] (padding marked by its pad id),
-  call a teacher-forced model on (x, y) for logits [B, L, V], and hand the
-  non-padding positions to the losses as rows [N, V] through
+* ``g2p`` (:mod:`.sequence`): x int tokens [B, L], y int targets [B, L]
+  (padding marked by its pad id; [B, R, L] for several references), a
+  teacher-forced model called on (x, y) for logits [B, L, V], the
+  non-padding positions handed to the losses as rows [N, V] through
   :meth:`Task.loss_rows` -- so objectives stay defined on rows of class
   scores and padding never enters a loss or a metric.
 
@@ -150,4 +150,4 @@ def build_task(name: str) -> Task:
 
 
 # Imported last: these modules register their tasks via register_task above.
-from research.tasks import classification  # noqa: E402,F401
+from research.tasks import classification, sequence  # noqa: E402,F401
