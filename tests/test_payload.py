@@ -145,3 +145,28 @@ def test_compressed_int8_payload_is_below_float_where_files_can_say_otherwise(ba
     assert q.payload_bytes < f.payload_bytes
     m = compressed_deployment_metrics(q, data.input_shape, repeats=1)
     assert m["payload_bytes"] == q.payload_bytes and m["size_bytes"] == q.size_bytes
+
+
+def test_save_compact_of_a_model_still_carrying_pruning_hooks():
+    """A model pruned with torch.nn.utils.prune and not made permanent: its computed ``weight``
+    is not a leaf, which a plain deepcopy refused. The file holds the pruned weights, the model
+    keeps its hooks, and the file is the one the permanently pruned model writes."""
+    import os
+    import tempfile
+
+    from research.compress.storage import load_compact, save_compact
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 3))
+    prune.l1_unstructured(model[0], "weight", amount=0.8)
+    permanent = nn.Sequential(nn.Linear(20, 10), nn.ReLU(), nn.Linear(10, 3))  # the same, pruned for good
+    permanent.load_state_dict({"0.weight": model[0].weight.detach().clone(), "0.bias": model[0].bias.detach(),
+                               "2.weight": model[2].weight.detach(), "2.bias": model[2].bias.detach()})
+    x = torch.randn(4, 20)
+    with tempfile.TemporaryDirectory() as d:
+        hooked_bytes = save_compact(model, os.path.join(d, "hooked.pt"))
+        back = load_compact(os.path.join(d, "hooked.pt"))
+        assert hooked_bytes == save_compact(permanent, os.path.join(d, "permanent.pt"))
+    assert hasattr(model[0], "weight_orig") and hasattr(model[0], "weight_mask")  # the caller's model untouched
+    assert int((back[0].weight == 0).sum()) == 160  # 80 % of 200 weights
+    assert torch.equal(back(x), model(x))

@@ -120,13 +120,28 @@ def _without_pruning_hooks(model: nn.Module) -> nn.Module:
     return make_pruning_permanent(model)
 
 
+def _copy_module(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for a model with pruning reparametrisations: their
+    ``weight`` is a tensor computed from ``weight_orig * weight_mask`` (not a leaf), which
+    deepcopy refuses; the copy gets a detached clone, recomputed when the hooks are removed."""
+    from torch.nn.utils import prune
+
+    memo: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                computed = getattr(module, hook._tensor_name)
+                memo[id(computed)] = computed.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def save_compact(model: nn.Module, path: str | os.PathLike) -> int:
     """Write ``model`` whole in the compact format; returns the bytes written.
 
     The model is not changed (a copy is emptied). Pruning reparametrisations,
     if any, are made permanent in the copy first.
     """
-    skeleton = _without_pruning_hooks(copy.deepcopy(model)).cpu()
+    skeleton = _without_pruning_hooks(_copy_module(model)).cpu()
     tensors: dict[str, dict] = {}
     for name, p in skeleton.named_parameters():
         e = encode_tensor(p.data)
