@@ -10,10 +10,12 @@ No Optuna or MLflow here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
-from typing import Any
+import threading
+from typing import Any, Callable, Iterator
 
 HEARTBEAT_S = 30.0
 GRACE_S = 120.0  # four missed heartbeats: the same margin as Optuna's RDB grace period (see sweep.storage)
@@ -76,3 +78,23 @@ def kill_point(name: str) -> None:
     Points: ``log_weights`` (a trial's student weights being logged, the end of a trial)."""
     if os.environ.get(KILL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def beating(beat: Callable[[], None], every_s: float, name: str) -> Iterator[None]:
+    """Call ``beat()`` every ``every_s`` s in a daemon thread (it dies with the process) while
+    the block runs; a failing beat is skipped: a missed beat only makes the work look older."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(Exception):
+                beat()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import mlflow.pytorch
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
-from .process import HEARTBEAT_S, kill_point, process_identity
+from .process import HEARTBEAT_S, beating, kill_point, process_identity
 
 # MLflow warns on every pickle-format save; we choose pickle on purpose (see RunHandle.log_model).
 logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
@@ -363,20 +362,8 @@ class Tracker:
     @contextlib.contextmanager
     def _beating(self, run_id: str) -> Iterator[None]:
         """Beat every heartbeat_s in a daemon thread while the block runs (dies with the process)."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(self.heartbeat_s):
-                with contextlib.suppress(Exception):  # a missed beat only makes the run look older
-                    self._beat(run_id)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-run-{run_id[:8]}", daemon=True)
-        thread.start()
-        try:
+        with beating(lambda: self._beat(run_id), self.heartbeat_s, f"heartbeat-run-{run_id[:8]}"):
             yield
-        finally:
-            stop.set()
-            thread.join()
 
     def close_run(self, run_id: str, status: str, tags: dict[str, str]) -> None:
         """End a run another process left open (it died): ``tags`` say why, then ``status``."""

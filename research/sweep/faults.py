@@ -39,7 +39,6 @@ import contextlib
 import hashlib
 import os
 import socket
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ import sqlalchemy
 from optuna.storages.journal._file import JournalFileOpenLock, get_lock_file
 from optuna.trial import TrialState
 
-from ..process import GRACE_S, HEARTBEAT_S, heartbeat_age, process_gone
+from ..process import GRACE_S, HEARTBEAT_S, beating, heartbeat_age, process_gone
 from ..process import process_identity as worker_identity
 from ..tracking import Tracker
 from .storage import ATTR_EXPERIMENT, ATTR_LOST, ATTR_PARENT, lost_reason
@@ -102,20 +101,8 @@ def heartbeat(trial: optuna.Trial, every_s: float = HEARTBEAT_S) -> Iterator[Non
     """Record this process on the trial and beat every ``every_s`` s while the block runs."""
     trial.set_user_attr(ATTR_WORKER, worker_identity())
     trial.set_user_attr(ATTR_HEARTBEAT, time.time())
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_s):
-            with contextlib.suppress(Exception):  # a missed beat only makes the trial look older
-                trial.set_user_attr(ATTR_HEARTBEAT, time.time())
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-trial-{trial.number}", daemon=True)
-    thread.start()
-    try:
+    with beating(lambda: trial.set_user_attr(ATTR_HEARTBEAT, time.time()), every_s, f"heartbeat-trial-{trial.number}"):
         yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @dataclass
