@@ -410,6 +410,42 @@ print(json.dumps(sweep.recover(study, tracker).requeued))
 """
 
 
+@pytest.mark.parametrize("backend", ["journal", "sqlite", pytest.param("postgresql", marks=needs_postgres)])
+def test_study_lock_is_really_taken_on_each_storage(backend, tmp_path):
+    """The race test above may pass by luck; this one may not: inside study_lock, the lock is
+    held where other processes look for it (a lock file beside the journal or SQLite file, a
+    PostgreSQL advisory lock), and released after. (A journal study once got no lock at all:
+    its storage's file backend was taken for Optuna's cache.)"""
+    import sqlalchemy as sa
+
+    from research.sweep import open_storage
+    from research.sweep.faults import study_lock
+
+    name = f"lock_{backend}_{uuid.uuid4().hex[:8]}"
+    url = {"journal": str(tmp_path / "journal.log"), "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}", "postgresql": POSTGRES_URL}[backend]
+    study = optuna.create_study(study_name=name, storage=open_storage(url))
+    study = optuna.load_study(study_name=name, storage=open_storage(url))  # as the commands hold it
+    try:
+        if backend == "postgresql":
+            engine = sa.create_engine(POSTGRES_URL, poolclass=sa.pool.NullPool)
+
+            def held() -> int:
+                with engine.connect() as c:
+                    return c.execute(sa.text("select count(*) from pg_locks where locktype = 'advisory' and granted")).scalar()
+
+            before = held()
+            with study_lock(study, "requeue"):
+                assert held() == before + 1
+            assert held() == before
+        else:
+            lock = Path(url.removeprefix("sqlite:///") + ".requeue.lock")
+            with study_lock(study, "requeue"):
+                assert lock.exists()
+            assert not lock.exists()
+    finally:
+        optuna.delete_study(study_name=name, storage=open_storage(url))
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # ask() stands for a worker's optimize here
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_processes_recovering_at_once_enqueue_a_lost_default_once(backend, tmp_path, monkeypatch, blank_db):

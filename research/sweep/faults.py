@@ -151,6 +151,14 @@ def recover(study: optuna.Study, tracker: Tracker, *, cause: str | None = None, 
     return out
 
 
+def storage_behind_cache(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage itself: Optuna wraps an RDBStorage in its _CachedStorage (``_backend``).
+    (A JournalStorage has a ``_backend`` too, its file: not a storage; a plain getattr took it.)"""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    return storage._backend if isinstance(storage, _CachedStorage) else storage
+
+
 @contextlib.contextmanager
 def study_lock(study: optuna.Study, purpose: str) -> Iterator[None]:
     """One process at a time in the block, among all processes and machines that share the
@@ -158,7 +166,7 @@ def study_lock(study: optuna.Study, purpose: str) -> Iterator[None]:
     the process dies); a journal file or SQLite, a lock file beside it (Optuna's O_EXCL lock,
     safe on NFS; a dead holder's lock is broken after 30 s). Other databases (MySQL) get no lock.
     ``purpose`` names the lock (different purposes do not exclude one another)."""
-    backend = getattr(study._storage, "_backend", study._storage)  # under Optuna's cache, if any
+    backend = storage_behind_cache(study._storage)
     path = None
     if isinstance(backend, optuna.storages.RDBStorage):
         engine = backend.engine
