@@ -145,6 +145,16 @@ def _objective_values(cfg: StudyConfig, metrics: dict[str, float]) -> float | tu
     return values[0] if len(values) == 1 else values
 
 
+def trial_run_context(ctx: StudyContext, trial: optuna.Trial) -> RunContext:
+    """Where a trial's MLflow run goes: a child of the study's run, named ``trial-NNN``, KILLED when pruned."""
+    return RunContext(
+        ctx.tracker, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
+        extra_tags={"study": ctx.study.study_name, "trial_number": trial.number, "enqueued": bool(trial.user_attrs.get("enqueued"))},
+        extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
+        on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id), progress=ctx.progress, cache=ctx.cache,
+    )
+
+
 def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
     cfg = ctx.cfg
     encoder = cfg.search_encoder()
@@ -162,12 +172,7 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
     def run_trial(trial: optuna.Trial):
         values = encoder.suggest(trial)
         tcfg = trial_config(cfg, values)
-        run_ctx = RunContext(
-            ctx.tracker, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
-            extra_tags={"study": ctx.study.study_name, "trial_number": trial.number, "enqueued": bool(trial.user_attrs.get("enqueued"))},
-            extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
-            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id), progress=ctx.progress, cache=ctx.cache,
-        )
+        run_ctx = trial_run_context(ctx, trial)
         if tcfg.compress is not None:  # a compression baseline's knobs are searched
             result = compress_run(tcfg, ctx.data, run_ctx, seed=cfg.seed, teachers=ctx.teachers)
             return _objective_values(cfg, result.metrics)
