@@ -127,3 +127,15 @@ def test_population_is_how_a_study_runs_not_what_it_is():
     assert config_hash(four) == config_hash(plain)  # joins and resumes alike; old studies keep their hash
     with pytest.raises(Exception, match="population"):
         parse(StudyConfig, {**raw, "population": 0}, source="t")
+
+
+def test_resume_with_a_population(tmp_path, monkeypatch, study_cache, blank_db):
+    assert run_study(tmp_path / "w", monkeypatch, blank_db, study_cache, "again", "--population", "2",
+                     template=PLAIN, sampler="tpe", n_trials=2) == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["study", "resume", "again", "--n-trials", "3", "--population", "2", "--no-progress"]) == 0
+    trials = load(tmp_path / "w", "again").get_trials()
+    # Rounds of 2, 2 and the 1 left (a round of one runs alone, through the lone objective).
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5
+    assert [t.user_attrs.get("population") for t in trials] == [2, 2, 2, 2, None]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 5

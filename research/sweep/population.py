@@ -141,6 +141,7 @@ def _run_round(ctx: StudyContext, trials: list[optuna.Trial], lone: Callable, ca
     with contextlib.ExitStack() as beats:
         for trial, _ in planned:
             beats.enter_context(heartbeat(trial))
+            trial.set_user_attr("population", len(planned))  # the round's size, on every member whatever its end
         told = 0
         try:
             try:
@@ -218,7 +219,6 @@ def _finish_member(ctx: StudyContext, trial: optuna.Trial, tcfg: StudyConfig, re
         log.warning("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
         _tell(ctx, trial, callbacks, state=TrialState.FAIL)
         return
-    trial.set_user_attr("population", size)
     for k in ("tracking_time_s", "train_time_s", f"test_{task.validation_metric}"):
         trial.set_user_attr(k, metrics.get(k))
     try:
