@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import StudyConfig, flatten
@@ -72,8 +73,9 @@ def population_problem(ctx: StudyContext, cfgs: Sequence[StudyConfig]) -> str | 
             changed = sorted(k for k in set(rest) | set(shared) if rest.get(k) != shared.get(k))
             return f"the drawn values change {', '.join(changed[:3])} (only {', '.join(MEMBER_KEYS)} may differ in a stack)"
     assert cfgs[0].student is not None
-    student = build_model(cfgs[0].student.name, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes,
-                          **cfgs[0].student.args)
+    with torch.random.fork_rng(devices=[]):  # a probe: the global RNG stays as the trials will find it
+        student = build_model(cfgs[0].student.name, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes,
+                              **cfgs[0].student.args)
     problem = stack_problem(student)
     return f"the student {cfgs[0].student.name}: {problem}" if problem else None
 
