@@ -97,12 +97,14 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (CPU threads are split between them)")
     p.add_argument("--storage", help=storage_help)
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument("--population", type=int, help="trials trained together in one stacked pass (default: the study file's population, 1)")
 
     p = ssub.add_parser("resume", help="continue a study until it has its n_trials finished trials (or N more)",
                         description="Continue study NAME with the config it was created with; trial numbers continue and finished trials are kept.")
     p.add_argument("name")
     p.add_argument("--n-trials", type=int, help="run this many more trials (default: up to the study's n_trials)")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--population", type=int, default=1, help="trials trained together in one stacked pass (default 1)")
     p.add_argument("--storage", help=storage_help)
     p.add_argument("--timeout", type=float)
     p.add_argument("--no-progress", action="store_true")
@@ -133,6 +135,7 @@ def _add_study_parsers(sub) -> None:
     p.add_argument("--target", type=int, default=None)  # the study's finished trials at which every worker stops
     p.add_argument("--worker-index", type=int, default=0)  # with --started: seeds its sampler apart (sweep.sampler_seed)
     p.add_argument("--started", type=int, default=0)
+    p.add_argument("--population", type=int, default=1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,7 +363,7 @@ def cmd_study(args: argparse.Namespace) -> int:
             from .sweep import worker_main
 
             worker_main(args.name, args.storage, args.n_trials, args.threads, args.timeout, worker=args.worker_index, started=args.started,
-                        target=args.target)
+                        target=args.target, population=args.population)
             return 0
     except ConfigError as e:
         return _fail(str(e))
@@ -396,6 +399,7 @@ def _study_run(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config, args.overrides)
     _positive(args.n_trials, "--n-trials")
     _positive(args.workers, "--workers")
+    _positive(args.population, "--population")
     from . import sweep
     from .tracking import Tracker
 
@@ -416,12 +420,14 @@ def _study_run(args: argparse.Namespace) -> int:
               f"`research study resume {cfg.name} --n-trials N` runs more")
         return 0
     return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers,
-                              timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress, data=data)
+                              timeout=args.timeout or cfg.timeout_s, progress=not args.no_progress, data=data,
+                              population=args.population or cfg.population)
 
 
 def _study_resume(args: argparse.Namespace) -> int:
     _positive(args.n_trials, "--n-trials")
     _positive(args.workers, "--workers")
+    _positive(args.population, "--population")
     from . import sweep
     from .tracking import Tracker
 
@@ -436,7 +442,8 @@ def _study_resume(args: argparse.Namespace) -> int:
         return 0
     tracker.reopen(study.user_attrs[sweep.ATTR_PARENT])
     print(f"resuming {args.name!r}: {done} finished trials kept, {n} more to run")
-    return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers, timeout=args.timeout, progress=not args.no_progress)
+    return _run_and_summarize(cfg, study, storage, tracker, n_trials=n, workers=args.workers, timeout=args.timeout, progress=not args.no_progress,
+                              population=args.population)
 
 
 def _recover(study, tracker) -> None:
@@ -451,14 +458,15 @@ def _recover(study, tracker) -> None:
         print(f"enqueued again the default(s) lost with trial(s) {done.requeued}", file=sys.stderr)
 
 
-def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress, data=None) -> int:
+def _run_and_summarize(cfg, study, storage, tracker, *, n_trials, workers, timeout, progress, data=None, population=1) -> int:
     import time
 
     from . import sweep
 
     t0 = time.perf_counter()
     try:
-        sweep.launch(cfg, study, storage, n_trials=n_trials, workers=workers, timeout_s=timeout, progress=progress, data=data)
+        sweep.launch(cfg, study, storage, n_trials=n_trials, workers=workers, timeout_s=timeout, progress=progress, data=data,
+                     population=population)
     except BaseException:
         parent = study.user_attrs.get(sweep.ATTR_PARENT)
         if parent:  # the parent run must not stay RUNNING forever

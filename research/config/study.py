@@ -90,6 +90,10 @@ class StudyConfig(RunConfig):
     enqueue: list[dict[str, Any]] = Field(default_factory=lambda: [{"temperature": 4.0, "alpha": 0.1}])
     keep_models: int = Field(3, ge=0)  # best trials whose student is logged as an MLflow model
     baseline: bool = False  # studies compare trials, not the student alone
+    # Trials trained together in one stacked pass (research.sweep.population); 1: one at a time.
+    # How the study is run, not what it is (like --workers): left out of the stored config and its
+    # hash, so a study runs and joins alike with any population (--population K overrides it).
+    population: int = Field(1, ge=1, exclude=True)
 
     @model_validator(mode="after")
     def _study(self) -> "StudyConfig":

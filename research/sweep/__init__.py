@@ -6,6 +6,7 @@
     faults.py     trials whose worker died: found, failed, runs closed, defaults enqueued again
     objective.py  one trial: its config, its run(s: repeats, folds), its values, pruning by the task's metric
     study.py      create / join / load a study, run its trials in one or several processes
+    population.py a study's trials K at a time, their students trained in one stacked pass
     results.py    best trials, the parent run's closing record, finalize, rows of studies and trials
     plots.py      Optuna's study plots
     reporting.py  what the ``research study`` commands show (summary, list, report)
@@ -33,6 +34,7 @@ _EXPORTS: dict[str, str] = {
                      "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),
     **dict.fromkeys(("close_figures", "study_figures"), "plots"),
+    **dict.fromkeys(("MEMBER_KEYS", "population_problem", "run_population"), "population"),
     **dict.fromkeys(("ATTR_HEARTBEAT", "ATTR_REQUEUE_OF", "ATTR_WORKER", "Recovery", "heartbeat", "recover", "run_gone", "study_lock", "worker_gone", "worker_identity"), "faults"),
     **dict.fromkeys(("StudyReport", "format_finalize", "format_study_list", "format_study_summary", "write_study_report"), "reporting"),
     **dict.fromkeys(("dashboard_storage", "serve_dashboard"), "dashboard"),

@@ -39,6 +39,7 @@ these steps).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import statistics
@@ -160,7 +161,8 @@ def _claim_place(ctx: StudyContext, trial: optuna.Trial) -> None:
     others = sum(t.number != trial.number for t in ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     finished = count_finished(ctx.study)
     if finished + others >= ctx.target:
-        ctx.study.stop()
+        with contextlib.suppress(RuntimeError):  # outside optimize (a population round): its loop checks the target
+            ctx.study.stop()
         reason = f"surplus: the study already had {finished} finished and {others} running trials of {ctx.target}"
         trial.set_user_attr(ATTR_LOST, reason)
         raise SurplusTrial(reason)
@@ -174,6 +176,16 @@ def stop_at_target(ctx: StudyContext) -> Callable[[optuna.Study, FrozenTrial], N
             study.stop()
 
     return callback
+
+
+def trial_run_context(ctx: StudyContext, trial: optuna.Trial) -> RunContext:
+    """Where a trial's MLflow run goes: a child of the study's run, named ``trial-NNN``, KILLED when pruned."""
+    return RunContext(
+        ctx.tracker, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
+        extra_tags={"study": ctx.study.study_name, "trial_number": trial.number, "enqueued": bool(trial.user_attrs.get("enqueued"))},
+        extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
+        on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id), progress=ctx.progress, cache=ctx.cache,
+    )
 
 
 def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
@@ -194,12 +206,7 @@ def make_objective(ctx: StudyContext) -> Callable[[optuna.Trial], float | tuple[
     def run_trial(trial: optuna.Trial):
         values = encoder.suggest(trial)
         tcfg = trial_config(cfg, values)
-        run_ctx = RunContext(
-            ctx.tracker, role="trial", run_name=f"trial-{trial.number:03d}", parent_run_id=ctx.parent_run_id,
-            extra_tags={"study": ctx.study.study_name, "trial_number": trial.number, "enqueued": bool(trial.user_attrs.get("enqueued"))},
-            extra_params={f"trial.{k}": v for k, v in trial.params.items()}, killed_on=(optuna.TrialPruned,),
-            on_run_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id), progress=ctx.progress, cache=ctx.cache,
-        )
+        run_ctx = trial_run_context(ctx, trial)
         if tcfg.compress is not None:  # a compression baseline's knobs are searched
             result = compress_run(tcfg, ctx.data, run_ctx, seed=cfg.seed, teachers=ctx.teachers)
             return _objective_values(cfg, result.metrics)

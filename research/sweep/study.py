@@ -30,6 +30,7 @@ from ..pipeline import load_run_data, obtain_teachers
 from ..tracking import Tracker, mask_url
 from .faults import recover
 from .objective import StudyContext, _mark_failed_run, make_objective, stop_at_target
+from .population import run_population
 from .storage import (
     ATTR_CONFIG,
     ATTR_CONFIG_HASH,
@@ -140,14 +141,19 @@ def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool, da
     return StudyContext(cfg, study, tracker, study.user_attrs[ATTR_PARENT], data, teachers, cache, progress=False, target=target)
 
 
-def run_trials(ctx: StudyContext, n_trials: int, *, timeout_s: float | None = None, callbacks: Sequence[Callable] = ()) -> None:
+def run_trials(ctx: StudyContext, n_trials: int, *, timeout_s: float | None = None, callbacks: Sequence[Callable] = (),
+               population: int = 1) -> None:
     """Run ``n_trials`` trials in this process; a failing trial is FAIL and the study goes on.
+    ``population`` > 1: in rounds of that many trials trained together (research.sweep.population).
     On Ctrl-C or SIGTERM no trial of this process is left RUNNING (see faults.recover)."""
     try:
-        ctx.study.optimize(
-            make_objective(ctx), n_trials=n_trials, timeout=timeout_s, catch=(Exception,),
-            callbacks=[_mark_failed_run(ctx.tracker), stop_at_target(ctx), *callbacks],
-        )
+        if population > 1:
+            run_population(ctx, n_trials, population, timeout_s=timeout_s, callbacks=[_mark_failed_run(ctx.tracker), *callbacks])
+        else:
+            ctx.study.optimize(
+                make_objective(ctx), n_trials=n_trials, timeout=timeout_s, catch=(Exception,),
+                callbacks=[_mark_failed_run(ctx.tracker), stop_at_target(ctx), *callbacks],
+            )
     except BaseException as e:
         interrupt = _interrupt_behind(e)
         if interrupt is None:
@@ -189,8 +195,10 @@ def launch(
     timeout_s: float | None = None,
     progress: bool = True,
     data: DataBundle | None = None,
+    population: int = 1,
 ) -> None:
-    """Run ``n_trials`` more trials with ``workers`` processes; a progress bar shows
+    """Run ``n_trials`` more trials with ``workers`` processes (each training ``population`` trials
+    at a time, see research.sweep.population); a progress bar shows
     trials done, the best value so far and the time left. ``data``: the run data when the
     caller already loaded it (not loaded again). Raises WorkerError when a worker process
     exits with an error."""
@@ -207,7 +215,7 @@ def launch(
                 bar.update(1)
                 _show_best(bar, study, cfg)
 
-            run_trials(ctx, n_trials, timeout_s=timeout_s, callbacks=[tick])
+            run_trials(ctx, n_trials, timeout_s=timeout_s, callbacks=[tick], population=population)
         else:
             threads = max(1, (os.cpu_count() or 1) // workers)
             # Each worker in its own session: a terminal's Ctrl-C reaches only this process, which
@@ -215,7 +223,7 @@ def launch(
             procs = [
                 subprocess.Popen([sys.executable, "-m", "research.cli", "study", "worker", cfg.name, "--storage", storage,
                                   "--n-trials", str(share), "--threads", str(threads), "--worker-index", str(index),
-                                  "--started", str(started), "--target", str(target)]
+                                  "--started", str(started), "--target", str(target), "--population", str(population)]
                                  + (["--timeout", str(timeout_s)] if timeout_s else []), start_new_session=True)
                 for index, share in enumerate(split_trials(n_trials, workers))
             ]
@@ -274,7 +282,7 @@ def _show_best(bar: tqdm, study: optuna.Study, cfg: StudyConfig) -> None:
 
 
 def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s: float | None, *, worker: int = 0, started: int = 0,
-                target: int | None = None) -> None:
+                target: int | None = None, population: int = 1) -> None:
     """One worker process: joins the study, reuses the teachers, runs its share.
     ``worker`` (its index) and ``started`` (trials started when the launch began)
     seed its sampler apart from the other workers' (see storage.sampler_seed)."""
@@ -284,4 +292,4 @@ def worker_main(name: str, storage: str, n_trials: int, threads: int, timeout_s:
     study, cfg = load_existing(name, storage, worker=worker, started=started)
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
     ctx = prepare_context(cfg, study, progress=False, target=target)
-    run_trials(ctx, n_trials, timeout_s=timeout_s)
+    run_trials(ctx, n_trials, timeout_s=timeout_s, population=population)
