@@ -227,9 +227,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from .config import ConfigError
+    from .config.run import compress_unsupported
 
     try:
         cfg = _load(args)
+        if (why := compress_unsupported(cfg.task)) is not None:  # before the compress: section, which a g2p config lacks
+            raise ConfigError(f"{args.config}: {why}")
         if cfg.compress is None:
             raise ConfigError(f"{args.config}: compress: this command needs a compress: section (method, sparsity, ...)")
     except ConfigError as e:

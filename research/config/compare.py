@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from .base import ConfigError, Strict
-from .run import CompressConfig, ModelSpec, RunConfig, check_run_files, load_named
+from .run import CompressConfig, ModelSpec, RunConfig, check_run_files, compress_unsupported, load_named
 
 
 class CompareMethod(Strict):
@@ -59,6 +59,15 @@ class CompareSpec(Strict):
 class CompareConfig(RunConfig):
     compare: CompareSpec
     baseline: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classification_only(cls, data: object) -> object:
+        # Before the fields: a sequence config is refused in one line whatever else it lacks
+        # (a missing compare: section, compress methods it cannot run).
+        if isinstance(data, dict) and (why := compress_unsupported(data.get("task", "classification"))) is not None:
+            raise ValueError(why)
+        return data
 
 
 def load_compare_config(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = True) -> CompareConfig:

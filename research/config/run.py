@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, GetCoreSchemaHandler, field_validator, mo
 from pydantic_core import core_schema
 
 from ..data import DATASETS, check_data_available
+from ..data.g2p import split_sizes
 from ..distill.objectives import available_objectives, objective_knob_names, validate_objective_args
 from ..distill.objectives.temperature import TemperatureValue
 from ..distill.objectives.weighting import WeightingValue
@@ -89,6 +90,12 @@ class DataConfig(Strict):
             raise ValueError(f"g2p: only the cmudict dataset reads it (dataset is {self.dataset})")
         if self.augment and self.dataset == "cmudict":
             raise ValueError("augment is not defined for cmudict")
+        if self.dataset == "cmudict":
+            # The split's shares, checked here rather than when CMUdict loads: by then the run's
+            # MLflow store exists and the error would be a traceback. Without max_words the
+            # ~126,000 words always leave training words once the shares sum below 1.
+            g = self.g2p or G2PDataConfig()
+            split_sizes(g.max_words or 126_000, self.val_fraction, g.test_fraction)  # its ValueError names both shares
         return self
 
 
@@ -292,6 +299,20 @@ class TrackingConfig(Strict):
     log_model: bool = True  # students' models; a teacher's model is always logged (it is reused from there)
 
 
+# The tasks `research compress` and `research compare` handle: every compression method,
+# the budgets and the deployment measurements assume one input tensor and [B, C] logits.
+COMPRESS_TASKS = ("classification",)
+
+
+def compress_unsupported(task: object) -> str | None:
+    """Why ``task`` cannot be compressed or compared (one line), or None when it can. An
+    unregistered name gives None: the task field's own check reports it."""
+    if task in COMPRESS_TASKS or task not in available_tasks():
+        return None
+    return (f"compress/compare support classification tasks only; task {task!r} is a sequence task "
+            "(distil it with `research distill` or `research study run`)")
+
+
 class RunConfig(Strict):
     name: str = "run"
     seed: int = 0
@@ -332,6 +353,8 @@ class RunConfig(Strict):
             if t.augment and self.data.dataset == "mnist1d":
                 raise ValueError(f"teachers.{i}.augment: no augmentation is defined for mnist1d")
         if self.compress is not None:
+            if (why := compress_unsupported(self.task)) is not None:
+                raise ValueError(f"compress: {why}")
             if self.compress_source in ("distilled", "student") and self.student is None:
                 raise ValueError(f"compress_source: {self.compress_source} needs a student model")
             if self.compress_source in ("teacher", "distilled") and not self.teachers:

@@ -43,7 +43,7 @@ import torch
 from research.data import DataBundle, Split
 
 __all__ = ["BOS", "EOS", "PAD", "SPECIALS", "G2PBundle", "G2PData", "Vocab", "concat_words", "lengths", "load_g2p",
-           "load_g2p_bundle", "pronunciations"]
+           "load_g2p_bundle", "pronunciations", "split_sizes"]
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<bos>", "<eos>")
@@ -180,6 +180,19 @@ def encode_references(refs: Sequence[Sequence[Sequence[str]]], vocab: Vocab, wid
     return out
 
 
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """How many of ``n`` words go to (train, val, test): the val and test shares rounded,
+    each at least one word, train the rest. Raises ValueError for fractions outside (0, 1),
+    a sum >= 1, or no word left to train on. Pure, so the config checks a subsample's split
+    before anything loads or trains."""
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction and test_fraction must be in (0, 1) with a sum < 1, got {val_fraction}, {test_fraction}")
+    n_test, n_val = max(1, round(test_fraction * n)), max(1, round(val_fraction * n))
+    if n_test + n_val >= n:
+        raise ValueError(f"{n} words leave no training word with val_fraction {val_fraction} and test_fraction {test_fraction}")
+    return n - n_val - n_test, n_val, n_test
+
+
 def load_g2p(*, max_words: int | None = None, stress: bool = False, val_fraction: float = 0.05,
              test_fraction: float = 0.1, seed: int = 0) -> G2PData:
     """CMUdict as a :class:`G2PData` (see the module docstring for the layout).
@@ -201,10 +214,7 @@ def load_g2p(*, max_words: int | None = None, stress: bool = False, val_fraction
     words = sorted(prons)
     perm = torch.randperm(len(words), generator=torch.Generator().manual_seed(seed)).tolist()
     chosen = [words[i] for i in perm[: max_words or len(words)]]
-    n = len(chosen)
-    n_test, n_val = max(1, round(test_fraction * n)), max(1, round(val_fraction * n))
-    if n_test + n_val >= n:
-        raise ValueError(f"{n} words leave no training word with val_fraction {val_fraction} and test_fraction {test_fraction}")
+    _, n_val, n_test = split_sizes(len(chosen), val_fraction, test_fraction)
     parts = {"test": sorted(chosen[:n_test]), "val": sorted(chosen[n_test : n_test + n_val]),
              "train": sorted(chosen[n_test + n_val :])}
 

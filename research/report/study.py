@@ -85,14 +85,17 @@ def study_markdown(
     settings: dict[str, Any] | None = None,
     best_trial: int | None = None,
     test_direction: str = "maximize",
+    test_metric: str = "test_accuracy",
 ) -> str:
     """The study report: settings, best vs enqueued defaults, finalized test figures, all trials, plots.
     ``rows``: ``sweep.trials_table``; ``parent_metrics``: the study run's metrics (``final_<config>_*``
     from ``research study finalize``, and its paired comparison ``final_paired_*``, said in one
     sentence under the finalized table). ``best_trial``: the study's chosen best (sweep.best_trials; on
     the Pareto front when several objectives); default: the best by the first objective.
-    ``test_direction``: which way the finalized test metric is better (the task's)."""
+    ``test_direction``: which way the finalized test metric is better (the task's); ``test_metric``: that
+    metric (``sweep.final_metric``: test_accuracy, or test_wer for the g2p task)."""
     flat = flatten_trial_rows(rows, objective_names)
+    test_label = test_metric.replace("_", " ", 1)  # "test accuracy", "test wer"
     params = _param_columns(rows)
     obj = objective_names[0]
     complete = [r for r in flat if r["state"] == "COMPLETE"]
@@ -104,24 +107,24 @@ def study_markdown(
     lines += [f"Trials: {len(flat)} ({format_state_counts(state_counts(r['state'] for r in flat))}).", ""]
 
     cols = [("number", "trial"), *[(p, p) for p in params], ("teacher_weights", "teacher weights"),
-            *[(o, o) for o in objective_names], ("test_accuracy", "test acc (not used to select)"), ("duration_s", "seconds")]
+            *[(o, o) for o in objective_names], (test_metric, f"{test_label} (not used to select)"), ("duration_s", "seconds")]
     cols = [c for c in cols if any(r.get(c[0]) is not None for r in flat)]
     if ranked:
         best = dict(ranked[0], label="best")
         defaults = [dict(r, label="enqueued default") for r in flat if r.get("enqueued") and r["state"] == "COMPLETE"]
         lines += ["## Best trial against the enqueued defaults", "",
                   markdown_table([best, *defaults], [("label", ""), *cols]), ""]
-    final = finalized(pd.Series(parent_metrics, dtype=float))
+    final = finalized(pd.Series(parent_metrics, dtype=float), metric=test_metric)
     if not final.empty:
         frows = [{"config": f["config"], "trial": int(f["trial"]), "seeds": int(f["seeds"]),
-                  "test accuracy": format_mean_std(f["test_accuracy_mean"], f["test_accuracy_std"], scale=100, unit=" %")}
+                  test_label: format_mean_std(f[f"{test_metric}_mean"], f[f"{test_metric}_std"], scale=100, unit=" %")}
                  for f in final.to_dict("records")]
         lines += ["## Finalized on the whole training split (test set, mean ± std over seeds)", "",
-                  markdown_table(frows, [("config", "config"), ("trial", "from trial"), ("seeds", "seeds"), ("test accuracy", "test accuracy")]), ""]
+                  markdown_table(frows, [("config", "config"), ("trial", "from trial"), ("seeds", "seeds"), (test_label, test_label)]), ""]
         paired = {k.removeprefix("final_paired_"): v for k, v in parent_metrics.items() if k.startswith("final_paired_")}
         sentence = paired_sentence(paired, direction=test_direction)
         if sentence:  # best and default on the same seeds: the paired difference says whether the search bought anything
-            lines += [f"Paired over seeds, test accuracy: {sentence}.", ""]
+            lines += [f"Paired over seeds, {test_label}: {sentence}.", ""]
     kinds = kind_groups(complete, params, obj, directions[0])
     if kinds:
         lines += ["## Completed trials by kind", "", markdown_table(kinds, [("searched", "searched"), ("kind", "kind"), ("trials", "trials"),
@@ -155,22 +158,24 @@ def best_vs_defaults(trials: pd.DataFrame, objective: str = "val_accuracy", dire
     return table.drop(columns=["run_id"], errors="ignore")
 
 
-def finalized(study_run: pd.Series | None, final_runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def finalized(study_run: pd.Series | None, final_runs: pd.DataFrame | None = None, metric: str = "test_accuracy") -> pd.DataFrame:
     """`research study finalize` results from the parent run's ``final_<config>_*`` metrics:
-    config, from trial, seeds, test accuracy mean and std (empty when not finalized)."""
+    config, from trial, seeds, ``<metric>_mean`` and ``<metric>_std`` (empty when not
+    finalized). ``metric``: the task's finalized test metric (test_accuracy; test_wer for g2p)."""
+    mean_col, std_col = f"{metric}_mean", f"{metric}_std"
     if study_run is None:
-        return pd.DataFrame(columns=["config", "trial", "seeds", "test_accuracy_mean", "test_accuracy_std"])
-    configs = sorted({m.group(1) for k in study_run.index if (m := re.fullmatch(r"final_(.+)_test_accuracy_mean", str(k)))},
+        return pd.DataFrame(columns=["config", "trial", "seeds", mean_col, std_col])
+    configs = sorted({m.group(1) for k in study_run.index if (m := re.fullmatch(rf"final_(.+)_{re.escape(metric)}_mean", str(k)))},
                      key=lambda c: (c != "best", c))
     rows = []
     for c in configs:
         row = {"config": c, "trial": study_run.get(f"final_{c}_trial"), "seeds": study_run.get(f"final_{c}_seeds"),
-               "test_accuracy_mean": study_run[f"final_{c}_test_accuracy_mean"], "test_accuracy_std": study_run.get(f"final_{c}_test_accuracy_std")}
-        if final_runs is not None and not final_runs.empty and "test_accuracy" in final_runs:
-            accs = final_runs.loc[final_runs["config"] == c, "test_accuracy"].dropna()
+               mean_col: study_run[f"final_{c}_{mean_col}"], std_col: study_run.get(f"final_{c}_{std_col}")}
+        if final_runs is not None and not final_runs.empty and metric in final_runs:
+            accs = final_runs.loc[final_runs["config"] == c, metric].dropna()
             row["per_seed"] = [round(float(a), 4) for a in accs]
         rows.append(row)
-    out = pd.DataFrame(rows, columns=["config", "trial", "seeds", "test_accuracy_mean", "test_accuracy_std", *(["per_seed"] if rows and "per_seed" in rows[0] else [])])
+    out = pd.DataFrame(rows, columns=["config", "trial", "seeds", mean_col, std_col, *(["per_seed"] if rows and "per_seed" in rows[0] else [])])
     for c in ("trial", "seeds"):
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("Int64")
     return out
@@ -255,8 +260,8 @@ def plot_trial_history(trials: pd.DataFrame, metric: str = "val_accuracy", direc
     return fig
 
 
-def plot_finalized(final: pd.DataFrame, final_runs: pd.DataFrame | None = None):
-    """Test accuracy of the finalized configurations: mean ± std over seeds, and each seed."""
+def plot_finalized(final: pd.DataFrame, final_runs: pd.DataFrame | None = None, metric: str = "test_accuracy"):
+    """The test metric (``finalized``'s ``metric``) of the finalized configurations: mean ± std over seeds, and each seed."""
     fig = new_figure(6, 4)
     ax = fig.add_subplot()
     if final.empty:
@@ -264,27 +269,27 @@ def plot_finalized(final: pd.DataFrame, final_runs: pd.DataFrame | None = None):
         ax.set_axis_off()
         return fig
     xs = np.arange(len(final))
-    ax.errorbar(xs, final["test_accuracy_mean"], yerr=final["test_accuracy_std"].fillna(0), fmt="o", capsize=8, ms=9, color="tab:blue",
+    ax.errorbar(xs, final[f"{metric}_mean"], yerr=final[f"{metric}_std"].fillna(0), fmt="o", capsize=8, ms=9, color="tab:blue",
                 label="mean ± std over seeds")
-    if final_runs is not None and not final_runs.empty and "test_accuracy" in final_runs:
+    if final_runs is not None and not final_runs.empty and metric in final_runs:
         for i, c in enumerate(final["config"]):
-            accs = final_runs.loc[final_runs["config"] == c, "test_accuracy"].dropna()
+            accs = final_runs.loc[final_runs["config"] == c, metric].dropna()
             ax.plot(np.full(len(accs), i + 0.12), accs, ".", color="grey", label="one seed" if i == 0 else None)
     for i, r in final.iterrows():
-        ax.annotate(format_mean_std(r["test_accuracy_mean"], r["test_accuracy_std"], scale=100, unit=" %"), (i, r["test_accuracy_mean"]),
+        ax.annotate(format_mean_std(r[f"{metric}_mean"], r[f"{metric}_std"], scale=100, unit=" %"), (i, r[f"{metric}_mean"]),
                     xytext=(14, 0), textcoords="offset points", va="center", fontsize=9)
     ax.set_xticks(xs, [f"{c}\n(trial {t})" for c, t in zip(final["config"], final["trial"])])
     ax.set_xlim(-0.6, len(final) - 0.2)
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel(metric.replace("_", " ", 1))
     ax.set_title("finalized on train+val, evaluated on the test split")
     ax.legend(loc="best", fontsize=8)
     return fig
 
 
 def study_run_figures(experiment: str, tracking_uri: str | None = None, *, objective: str = "val_accuracy",
-                      direction: str = "maximize") -> dict[str, Any]:
+                      direction: str = "maximize", test_metric: str = "test_accuracy") -> dict[str, Any]:
     """The notebooks' study figures, from MLflow, for ``research study report``:
-    trials in order, the T x alpha map, the finalized test accuracy, and for several
+    trials in order, the T x alpha map, the finalized ``test_metric``, and for several
     teachers the weight view and the single-teacher comparison (each only when it applies)."""
     runs = runs_frame(experiment, tracking_uri)
     trials = trials_of(runs)
@@ -294,9 +299,9 @@ def study_run_figures(experiment: str, tracking_uri: str | None = None, *, objec
     figs["trials_history"] = plot_trial_history(trials, objective, direction)
     if {"temperature", "alpha"} <= set(trials.columns):
         figs["trials_temperature_alpha"] = plot_temperature_alpha(trials, objective, direction)
-    final = finalized(study_run_of(runs), final_runs_of(runs))
+    final = finalized(study_run_of(runs), final_runs_of(runs), metric=test_metric)
     if not final.empty:
-        figs["finalized_test_accuracy"] = plot_finalized(final, final_runs_of(runs))
+        figs[f"finalized_{test_metric}"] = plot_finalized(final, final_runs_of(runs), metric=test_metric)
     if any(str(c).startswith("weight_") for c in trials.columns):
         teachers = teachers_of(runs, trials, tracking_uri)
         figs["teacher_weights"] = plot_teacher_weights(trials, objective, teachers)

@@ -95,7 +95,8 @@ def write_study_report(name: str, storage: str, out: str | Path) -> StudyReport:
     out = Path(out)
     figures = study_figures(study, cfg)
     figures.update(report.study_run_figures(study.user_attrs.get(ATTR_EXPERIMENT, cfg.tracking.experiment), tracker.uri,
-                                            objective=cfg.objectives[0].metric, direction=cfg.objectives[0].direction))
+                                            objective=cfg.objectives[0].metric, direction=cfg.objectives[0].direction,
+                                            test_metric=final_metric(cfg)))
     try:
         files = report.figures_to_files(figures, out)
     finally:
@@ -107,7 +108,7 @@ def write_study_report(name: str, storage: str, out: str | Path) -> StudyReport:
                   "MLflow experiment": cfg.tracking.experiment, "parent run": parent_id,
                   **({"each trial": f"mean of {cfg.search.folds} folds" if cfg.search.folds > 1 else f"mean of {cfg.search.repeats} repeats"}
                      if cfg.search.measurements > 1 else {})},
-        best_trial=next((t.number for t in best_trials(study, 1)), None), test_direction=build_task(cfg.task).direction,
+        best_trial=next((t.number for t in best_trials(study, 1)), None), test_direction=build_task(cfg.task).direction, test_metric=final_metric(cfg),
     )
     (out / "report.md").write_text(md)
     handle = tracker.handle(parent_id)
