@@ -406,6 +406,8 @@ def _study_run(args: argparse.Namespace) -> int:
     from . import sweep
     from .tracking import Tracker
 
+    sweep.check_search_values(cfg)  # a searched value no trial can use: refused before anything is made
+
     storage = sweep.storage_url(args.storage or cfg.storage)
     sweep.check_storage(storage)
     tracker = Tracker(cfg.tracking.uri)

@@ -135,3 +135,38 @@ def test_three_words_run_end_to_end(work, capsys):
     (work / "g2p.yaml").write_text(TINY.format(words=3))
     assert main(["distill", "g2p.yaml", "--no-progress"]) == 0
     assert "test WER" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- searched values no trial can use
+
+SEARCH = """
+search:
+  temperature: {{low: 1.0, high: 4.0, log: true}}
+  params:
+    distill.sequence.targets: {{choices: [{targets}]}}
+    distill.sequence.beam: {{choices: [{beams}]}}
+    distill.sequence.top_k: {{choices: [1, 3]}}
+sampler: {{name: random, seed: 0}}
+n_trials: 4
+"""
+
+
+@pytest.mark.parametrize("targets, beams, fragments", [
+    ("reference, bogus", "2, 5", ["search.params.distill.sequence.targets", "'bogus'"]),
+    ("beam_top", "0, 5", ["search.params.distill.sequence.beam", "0"]),
+])
+def test_a_searched_value_no_trial_can_use_is_refused_before_the_study(targets, beams, fragments, work, capsys):
+    """Each such trial used to fail with a traceback while `study run` ended 0."""
+    (work / "s.yaml").write_text(TINY.format(words=150) + SEARCH.format(targets=targets, beams=beams))
+    assert main(["study", "run", "s.yaml", "--no-progress"]) == 2
+    one_line_error(capsys, work, *fragments)
+
+
+def test_a_value_valid_only_beside_another_searched_value_is_accepted(work):
+    """top_k 3 needs a beam of at least 3: beam 5 is searched, so top_k 3 is usable (with beam 2 it
+    is not: the check looks for one combination that works, not every one)."""
+    from research.config import load_study_config
+    from research.sweep import check_search_values
+
+    (work / "s.yaml").write_text(TINY.format(words=150) + SEARCH.format(targets="reference, beam_top", beams="2, 5"))
+    check_search_values(load_study_config("s.yaml"))  # no error

@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
                      "sampler_seed", "started_trials", "storage_url"), "storage"),
     **dict.fromkeys(("Choice", "FloatRange", "IntRange", "SearchEncoder", "SearchSpace", "SpaceError"), "space"),
     **dict.fromkeys(("Measurement", "PruningTarget", "StudyContext", "_mark_failed_run", "_objective_values", "_pruning_callback", "make_objective",
-                     "measured_summary", "measurements", "pruning_target", "repeat_seed", "trial_config", "trial_values"), "objective"),
+                     "check_search_values", "measured_summary", "measurements", "pruning_target", "repeat_seed", "trial_config", "trial_values"), "objective"),
     **dict.fromkeys(("create_or_join", "enqueue_points", "launch", "load_existing", "prepare_context", "run_trials", "split_trials",
                      "worker_main", "WorkerError"), "study"),
     **dict.fromkeys(("best_trials", "enqueued_trials", "final_metric", "finalize", "finish_study", "list_studies", "trials_table"), "results"),

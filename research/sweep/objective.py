@@ -101,6 +101,37 @@ def trial_config(cfg: StudyConfig, values: dict[str, Any]) -> StudyConfig:
     return parse(StudyConfig, apply_overrides(raw, overrides), source="trial")
 
 
+def check_search_values(cfg: StudyConfig, *, max_combinations: int = 256) -> None:
+    """Refuse (ConfigError) a searched value no trial could use: each choice, and each range's
+    low and high, applied to the study's config (:func:`trial_config`) must validate together
+    with at least one combination of the other searched choices (a value may be valid only
+    beside another: a beam's top_k). Without this, such trials failed one by one, each with a
+    traceback, and the study still ended 0. Spaces with more than ``max_combinations``
+    combinations of the other choices are checked against the file's values only."""
+    from ..config import ConfigError
+    from .space import Choice, Param
+
+    params = [d for d in cfg.search_encoder().dims if isinstance(d, Param)]
+    choices = {d.key: list(d.space.choices) for d in params if isinstance(d.space, Choice)}
+    for dim in params:
+        values = choices[dim.key] if dim.key in choices else [dim.space.low, dim.space.high]
+        others = {k: v for k, v in choices.items() if k != dim.key}
+        combos: list[dict[str, Any]] = [{}]
+        if math.prod(len(v) for v in others.values()) <= max_combinations:
+            for key, options in others.items():
+                combos = [{**c, key: o} for c in combos for o in options]
+        for value in values:
+            first_error = None
+            for combo in combos:
+                try:
+                    trial_config(cfg, {**combo, dim.key: value})
+                    break
+                except ConfigError as e:
+                    first_error = first_error or e
+            else:
+                raise ConfigError(f"{dim.where}: {value!r} cannot be used by any trial: {first_error}")
+
+
 def trial_values(trial: FrozenTrial, cfg: StudyConfig) -> dict[str, Any]:
     """The config overrides a stored trial stands for (see research.sweep.space)."""
     return cfg.search_encoder().decode(trial.params)
