@@ -131,7 +131,8 @@ REPRODUCE_BUDGETS = """default budgets, each under an hour for 3 seeds on 2 CPU 
                 distilled 100 epochs with a 50,000-sample transfer set (T=4, alpha=0.1).
                 Measured: 23.8 min for 3 seeds (2026-11-29, machine shared with other work)
   hinton-mnist  small CNN teacher (dropout, 2-pixel jitter) 30 epochs; the paper's 784-800-800-10
-                student alone and distilled 20 epochs (T=4, alpha=0.1). Measured: see README
+                student alone and distilled 20 epochs (T=4, alpha=0.1).
+                Measured: 25.1 min for 3 seeds (2026-11-29, machine shared with other work)
 settings and why: studies/reproduce/NAME.yaml. --full: the papers' budgets (the setting's
 reproduce.full overrides; hinton-mnist then uses the paper's 1200-1200 MLP teacher and T=20), for a GPU."""
 
