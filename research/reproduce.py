@@ -315,7 +315,8 @@ def format_table(out: Outcome) -> str:
         pub = "-" if r["published"] is None else (f"{r['published']:.0f}" if unit == "errors" else f"{r['published']:g} %")
         seeds = ", ".join(_fmt(v, unit) for v in r["per_seed"])
         params = "-" if r["params"] is None else f"{r['params']:,.0f}"
-        lines.append(f"| {r['row']} | {_fmt(r['mean'], unit)} ± {_fmt(r['std'], unit)} | {seeds} | {pub} | "
+        sd = _fmt(r["std"], unit) if r["seeds"] > 1 else "-"  # one seed has no spread to show
+        lines.append(f"| {r['row']} | {_fmt(r['mean'], unit)} ± {sd} | {seeds} | {pub} | "
                      f"{r['val_accuracy_mean']:.2f} | {params} | {r['train_s_mean']:.0f} |")
     return "\n".join(lines)
 
