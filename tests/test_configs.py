@@ -12,6 +12,7 @@ import yaml
 from research.adaptive import load_adaptive_config
 from research.config import load_compare_config, load_run_config, load_study_config
 from research.models import build_model
+from research.reproduce import load_setting
 
 from .conftest import REPO
 
@@ -31,15 +32,18 @@ def kind_of(path: Path) -> str:
         return "compare"
     if "adaptive" in raw:
         return "adaptive"
+    if "reproduce" in raw:
+        return "reproduce"
     return "study" if STUDY_KEYS & set(raw) else "run"
 
 
-LOADERS = {"compare": load_compare_config, "study": load_study_config, "run": load_run_config, "adaptive": load_adaptive_config}
+LOADERS = {"compare": load_compare_config, "study": load_study_config, "run": load_run_config, "adaptive": load_adaptive_config,
+           "reproduce": lambda path: load_setting(str(path))}
 
 
 def test_studies_folder_has_each_kind_and_the_readme_names_every_file():
     kinds = {p.relative_to(REPO / "studies").as_posix(): kind_of(p) for p in STUDY_FILES}
-    assert set(kinds.values()) == {"compare", "study", "run", "adaptive"}, kinds
+    assert set(kinds.values()) == {"compare", "study", "run", "adaptive", "reproduce"}, kinds
     assert {"mnist1d_kd.yaml", "mnist1d_distill.yaml", "mnist1d_compare.yaml"} <= set(kinds)  # the ones `make demo` and the README use
     readme = (REPO / "README.md").read_text()
     assert [n for n in kinds if n not in readme] == []
@@ -96,6 +100,8 @@ def test_shipped_file_loads_validates_and_builds(path, monkeypatch):
                 build_distiller(student, [torch.nn.Linear(4, 10)], _distill(cfg.distill, c))
         for m in spec.teacher_methods:
             build_distiller(student, [torch.nn.Linear(4, 10) for _ in cfg.teachers], _distill(cfg.distill, m.distill))
+    elif kind == "reproduce":  # `research reproduce NAME`: the --full budget loads too
+        assert cfg.student is not None and load_setting(str(path.relative_to(REPO)), full=True).student == cfg.student
     else:
         assert cfg.student is not None and kind == "run"
 
@@ -109,6 +115,6 @@ def test_study_and_compare_files_are_refused_as_run_files(path, monkeypatch):
     from research.config import ConfigError
 
     monkeypatch.chdir(REPO)
-    key = {"compare": "compare", "adaptive": "adaptive"}.get(kind_of(path), "|".join(sorted(STUDY_KEYS)))
+    key = {"compare": "compare", "adaptive": "adaptive", "reproduce": "reproduce"}.get(kind_of(path), "|".join(sorted(STUDY_KEYS)))
     with pytest.raises(ConfigError, match=f"({key}): unknown key"):
         load_run_config(path.relative_to(REPO))
