@@ -7,7 +7,8 @@
 # taken while that cluster ran keeps its postmaster.pid; when the recorded pid
 # belongs to another process on the next boot, pg_ctlcluster says "Cluster is
 # already running" and nothing listens (this failed CI once). A new cluster in
-# a temporary folder, on a port found free, has no state to go stale.
+# a temporary folder, on a port found free, has no state to go stale. max_connections
+# 300: the fault tests start many worker processes, each with its own connections.
 set -euo pipefail
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   apt-get update -qq >&2
@@ -24,7 +25,7 @@ as_postgres "$bin/initdb -D $root/data -U postgres --auth=trust -E UTF8 >$root/i
   exit 1
 }
 if ! as_postgres "$bin/pg_ctl -D $root/data -l $root/server.log -w -t 60 \
-    -o '-p $port -k $root -c listen_addresses=127.0.0.1' start" >&2; then
+    -o '-p $port -k $root -c listen_addresses=127.0.0.1 -c max_connections=300' start" >&2; then
   echo "postgres.sh: the server did not start; its log, $root/server.log:" >&2
   cat "$root/server.log" >&2
   exit 1
