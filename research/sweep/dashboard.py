@@ -36,8 +36,26 @@ def serve_dashboard(name: str, storage: str, *, host: str = "127.0.0.1", port: i
     study's page and the masked storage before the server starts.
 
     Raises StudyError as :func:`dashboard_storage`; OSError when the port cannot be bound."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
     import optuna_dashboard
 
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format, *args):  # noqa: A002 - wsgiref's signature
+            pass  # no access log on the terminal
+
     store = dashboard_storage(name, storage)
+    server = make_server(host, port, optuna_dashboard.wsgi(store), handler_class=QuietHandler)  # OSError: port taken
+    # Requests are served in a thread of their own, so Ctrl-C/SIGTERM (delivered to the main
+    # thread) never land inside a request: wsgiref logs and swallows an exception raised there,
+    # and a SIGTERM during a page load left optuna-dashboard's own run_server running.
+    thread = threading.Thread(target=server.serve_forever, name="optuna-dashboard", daemon=True)
+    thread.start()
     announce(f"optuna-dashboard at http://{host}:{port}/dashboard over {mask_url(storage)} (study {name}; Ctrl-C stops it)")
-    optuna_dashboard.run_server(store, host=host, port=port)
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
