@@ -24,6 +24,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from study_throughput import trial_phase  # the same measure as the one-at-a-time benchmark (run from benchmarks/)
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "studies" / "mnist1d_kd.yaml"
 
@@ -33,14 +35,6 @@ def research(*args: str, cwd: Path) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-m", "research.cli", *args], cwd=cwd, check=True, env=env)
     return time.perf_counter() - t0
-
-
-def trial_phase(study) -> tuple[float, list]:
-    """Seconds from the first trial's start to the last trial's end, and the finished trials."""
-    done = [t for t in study.trials if t.datetime_complete is not None]
-    start = min(t.datetime_start for t in done)
-    end = max(t.datetime_complete for t in done)
-    return (end - start).total_seconds(), done
 
 
 def main() -> None:

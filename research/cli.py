@@ -324,7 +324,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
-    from .tracking import default_tracking_uri, mask_url, start_ui, stop_ui, wait_for_ui
+    from .mlflow_servers import start_ui, stop_ui, wait_for_ui
+    from .tracking import default_tracking_uri, mask_url
 
     uri = default_tracking_uri()
     proc = start_ui(uri, args.host, args.port)
@@ -344,7 +345,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from .tracking import mask_url, start_server, stop_ui, wait_for_ui
+    from .mlflow_servers import start_server, stop_ui, wait_for_ui
+    from .tracking import mask_url
 
     proc = start_server(args.backend_store_uri, args.artifacts, args.host, args.port)
     try:

@@ -136,7 +136,8 @@ def study_plots(name: str, uri: str, storage: str | None, out: Path) -> tuple[li
 
 
 def ui_screenshot(uri: str, experiment: str, info: dict, out: Path, *, ui_url: str | None, port: int | None, chromium: str | None) -> Path:
-    from research.tracking import Tracker, start_ui, stop_ui, wait_for_ui
+    from research.mlflow_servers import start_ui, stop_ui, wait_for_ui
+    from research.tracking import Tracker
 
     tracker = Tracker(uri)
     exp_id = tracker.experiment_id(experiment, create=False)

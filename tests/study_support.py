@@ -40,7 +40,10 @@ keep_models: 1
 # A plain search (temperature, alpha, a good lr) with no enqueued points and no
 # pruning, so every trial completes; a small one-epoch teacher (its quality does
 # not matter here, and each new MLflow experiment trains its own).
-PLAIN = """
+# The tiny study every study test starts from: a small one-epoch teacher, the MNIST-1D MLP
+# student for two epochs on one thread (far faster for tiny models on a busy 2-core machine),
+# and the temperature x alpha search; each test's template adds the rest.
+TINY_STUDY = """
 name: {name}
 seed: 0
 data: {{dataset: mnist1d, cache_dir: {cache}}}
@@ -48,12 +51,14 @@ teachers:
   - model: {{name: mnist1d_cnn, args: {{channels: 8}}}}
     train: {{epochs: 1, threads: 1}}
 student: {{name: mnist1d_mlp}}
-train: {{epochs: 2, threads: 1}}  # one thread: far faster for tiny models on a busy 2-core machine
+train: {{epochs: 2, threads: 1}}
 eval: {{latency_repeats: 1}}
 search:
   temperature: {{low: 1.0, high: 20.0, log: true}}
   alpha: {{low: 0.0, high: 1.0}}
-enqueue: []
+"""
+
+PLAIN = TINY_STUDY + """enqueue: []
 sampler: {{name: {sampler}, seed: 0}}
 pruner: {{name: none}}
 n_trials: {n_trials}

@@ -771,7 +771,7 @@ def test_four_workers_share_a_postgresql_study_and_log_to_a_real_mlflow_server(t
     import sqlalchemy as sa
     from mlflow.tracking import MlflowClient
 
-    from research.tracking import start_server, stop_ui, wait_for_ui
+    from research.mlflow_servers import start_server, stop_ui, wait_for_ui
 
     assert POSTGRES_URL, "CI must provide RESEARCH_TEST_POSTGRES_URL (see .ci/run)"
     tag = uuid.uuid4().hex[:8]

@@ -14,6 +14,7 @@ from research.config import StudyConfig, config_hash, parse
 
 from .study_support import (  # noqa: F401
     PLAIN,
+    TINY_STUDY,
     blank_db,
     chdir_to,
     client_for,
@@ -26,20 +27,7 @@ from .study_support import (  # noqa: F401
 
 # Rounds of 2: [good, diverging] then [learns nothing, drawn]. The median pruner needs a finished
 # trial to compare with, so the pruned point comes in the second round, after trial 0 completed.
-ROUNDS = """
-name: {name}
-seed: 0
-data: {{dataset: mnist1d, cache_dir: {cache}}}
-teachers:
-  - model: {{name: mnist1d_cnn, args: {{channels: 8}}}}
-    train: {{epochs: 1, threads: 1}}
-student: {{name: mnist1d_mlp}}
-train: {{epochs: 2, threads: 1}}
-eval: {{latency_repeats: 1}}
-search:
-  temperature: {{low: 1.0, high: 20.0, log: true}}
-  alpha: {{low: 0.0, high: 1.0}}
-  params:
+ROUNDS = TINY_STUDY + """  params:
     train.lr: {{choices: [0.01, 1.0e-7, 1.0e+30]}}
 enqueue:
   - {{temperature: 4.0, alpha: 0.1, train.lr: 0.01}}

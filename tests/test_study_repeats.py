@@ -26,7 +26,7 @@ from research.stats import format_paired_diff, mean_se, paired_sentence, paired_
 from research.sweep import PruningTarget, measurements, repeat_seed
 from research.sweep.objective import _running_mean_pruning
 
-from .study_support import blank_db, chdir_to, client_for, keep_torch_threads, load, study_cache, trial_runs, write_study  # noqa: F401
+from .study_support import TINY_STUDY, blank_db, chdir_to, client_for, keep_torch_threads, load, study_cache, trial_runs, write_study  # noqa: F401
 
 
 def study_cfg(search: dict, **extra) -> StudyConfig:
@@ -237,20 +237,7 @@ def test_the_report_says_in_one_sentence_whether_the_search_bought_anything():
 # A plain search with an enqueued default and no pruning (every trial completes, but reports
 # the running mean to the pruner every epoch); {measure}
 # is the repeats or folds line. One-epoch teacher, two-epoch students: a few seconds.
-MEASURED = """
-name: {name}
-seed: 0
-data: {{dataset: mnist1d, cache_dir: {cache}}}
-teachers:
-  - model: {{name: mnist1d_cnn, args: {{channels: 8}}}}
-    train: {{epochs: 1, threads: 1}}
-student: {{name: mnist1d_mlp}}
-train: {{epochs: 2, threads: 1}}
-eval: {{latency_repeats: 1}}
-search:
-  temperature: {{low: 1.0, high: 20.0, log: true}}
-  alpha: {{low: 0.0, high: 1.0}}
-  {measure}
+MEASURED = TINY_STUDY + """  {measure}
 enqueue: [{{temperature: 4.0, alpha: 0.1}}]
 sampler: {{name: random, seed: 0}}
 pruner: {{name: median, n_startup_trials: 100}}  # reports every epoch, never prunes
