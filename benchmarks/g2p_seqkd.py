@@ -21,6 +21,7 @@ word-level terms, as a first point, not a search). The validation split is only 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -61,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher-d", type=int, default=128)
     p.add_argument("--student-layers", type=int, default=1)
     p.add_argument("--student-d", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=12, help="teacher and students alike")
+    p.add_argument("--epochs", type=int, default=12, help="student epochs (and the teacher's, unless --teacher-epochs)")
+    p.add_argument("--teacher-epochs", type=int, help="teacher epochs (default: --epochs)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--beam", type=int, default=5)
@@ -75,10 +77,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row (its export takes about 30 s)")
     p.add_argument("--smoke", action="store_true", help="300 words, 1 epoch: checks the script in seconds")
+    p.add_argument("--state", type=Path, help="folder keeping the trained teacher and each finished student's figures: "
+                   "a run stopped part-way resumes there with the same arguments (default: nothing kept)")
     a = p.parse_args(argv)
     if a.smoke:
         a.max_words, a.epochs, a.seeds, a.speed_words = 300, 1, [0], 20
+    a.teacher_epochs = a.teacher_epochs or a.epochs
     return a
+
+
+def load_state(folder: Path | None, key: dict) -> dict:
+    """The figures kept in ``folder`` by an earlier run with the same ``key`` (its arguments), else {}."""
+    if folder is None or not (folder / "state.json").exists():
+        return {}
+    state = json.loads((folder / "state.json").read_text())
+    return state if state.get("key") == key else {}
+
+
+def save_state(folder: Path | None, state: dict) -> None:
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(folder / "state.json")  # atomic: a kill leaves the old state or the new one
 
 
 def words_per_second(fn, x: torch.Tensor, batch: int, limit: int) -> float:
@@ -104,9 +125,23 @@ def main(argv: list[str] | None = None) -> int:
                            d_model=d, heads=4)
 
     train_cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, device=a.device, threads=a.threads)
+    key = {k: v for k, v in vars(a).items() if k not in ("seeds", "out", "state", "no_onnx", "speed_words", "threads", "device")}
+    key = json.loads(json.dumps(key, default=str))
+    state = load_state(a.state, key) or {"key": key, "results": {}}
     teacher = model(a.teacher_layers, a.teacher_d, 0)
-    h = fit(Supervised(teacher, task=task), data.train, train_cfg, seed=0, val=data.val, progress=False)
-    teacher_train_s = h.wall_time_s
+    if "teacher" in state and (a.state / "teacher.pt").exists():
+        teacher.load_state_dict(torch.load(a.state / "teacher.pt"))
+        teacher_train_s, teacher_val_wer = state["teacher"]["train_s"], state["teacher"]["val_wer"]
+        print(f"teacher loaded from {a.state}", flush=True)
+    else:
+        t_cfg = train_cfg.model_copy(update={"epochs": a.teacher_epochs})
+        h = fit(Supervised(teacher, task=task), data.train, t_cfg, seed=0, val=data.val, progress=False)
+        teacher_train_s, teacher_val_wer = h.wall_time_s, h.last["val_wer"]
+        if a.state is not None:
+            a.state.mkdir(parents=True, exist_ok=True)
+            torch.save(teacher.state_dict(), a.state / "teacher.pt")
+            state["teacher"] = {"train_s": teacher_train_s, "val_wer": teacher_val_wer}
+            save_state(a.state, state)
     teacher.eval()
     settings = BeamSettings(beam=a.beam, length_penalty=a.length_penalty)
     t_greedy = decode_metrics(teacher, data.test.x, data.test.y)
@@ -115,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cache.nbest(teacher, data.train_words, settings)
     beam_cache_s = time.perf_counter() - t0
-    print(f"teacher: {teacher_train_s:.0f} s, val WER {h.last['val_wer']:.3f}, test beam {t_beam}, greedy {t_greedy}", flush=True)
+    print(f"teacher: {teacher_train_s:.0f} s, val WER {teacher_val_wer:.3f}, test beam {t_beam}, greedy {t_greedy}", flush=True)
 
     distill_cfg = DistillConfig(temperature=a.temperature, alpha=a.alpha)
     results: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
@@ -123,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     for seed in a.seeds:
         for method in METHODS:
             student = model(a.student_layers, a.student_d, seed)
+            done = state["results"].get(f"{seed}/{method}")
+            if done is not None and (a.state / f"student-{seed}-{method}.pt").exists():
+                student.load_state_dict(torch.load(a.state / f"student-{seed}-{method}.pt"))
+                student.eval()
+                results[method].append(done)
+                students[method] = student
+                print(f"seed {seed} {method}: kept from {a.state}", flush=True)
+                continue
             learner, split = method_learner(method, student, teacher, pairs=data.train, words=data.train_words, cache=cache,
                                             settings=settings, distill_cfg=distill_cfg, task=task)
             hist = fit(learner, split, train_cfg, seed=seed, val=data.val, progress=False)
@@ -131,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                  "train_s": hist.wall_time_s}
             results[method].append(m)
             students[method] = student
+            if a.state is not None:
+                torch.save(student.state_dict(), a.state / f"student-{seed}-{method}.pt")
+                state["results"][f"{seed}/{method}"] = m
+                save_state(a.state, state)
             print(f"seed {seed} {method}: {m}", flush=True)
 
     # speed: teacher beam vs student greedy, CPU at --threads threads, on the test words
@@ -170,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Teacher: {a.teacher_layers} layers d={a.teacher_d} ({count_parameters(teacher):,} parameters, "
         f"{saved_model_bytes(teacher):,} bytes); students: {a.student_layers} layer(s) d={a.student_d} "
         f"({count_parameters(students['student']):,} parameters, {saved_model_bytes(students['student']):,} bytes). "
-        f"All trained {a.epochs} epochs, Adam lr {a.lr}, batch {a.batch_size}, cosine schedule, dropout 0.1 "
+        f"Students trained {a.epochs} epochs, the teacher {a.teacher_epochs}; Adam lr {a.lr}, batch {a.batch_size}, cosine schedule, dropout 0.1 "
         f"(teacher {teacher_train_s:.0f} s). Beam {a.beam}, length penalty {a.length_penalty} (score / |Y|^alpha); "
         f"the teacher's beam over the training words took {beam_cache_s:.0f} s, once. "
         f"Word-level terms: T = {a.temperature}, alpha = {a.alpha} (not searched). Students: seeds {a.seeds}.",
@@ -178,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "| model | test WER | test PER | val WER |",
         "|---|---|---|---|",
         f"| teacher, beam {a.beam} | {100 * t_beam['wer']:.1f} % | {100 * t_beam['per']:.1f} % | |",
-        f"| teacher, greedy | {100 * t_greedy['wer']:.1f} % | {100 * t_greedy['per']:.1f} % | {100 * h.last['val_wer']:.1f} % |",
+        f"| teacher, greedy | {100 * t_greedy['wer']:.1f} % | {100 * t_greedy['per']:.1f} % | {100 * teacher_val_wer:.1f} % |",
     ]
     for method in METHODS:
         rs = results[method]

@@ -11,7 +11,8 @@ from research.config import TrainConfig
 from research.data import Split
 from research.distill import Distiller
 from research.models import build_model
-from research.population import Member, StackedMLP, fit_population, stack_problem, stacked_kd_loss
+from research import population
+from research.population import Member, StackedMLP, StackedOptimizer, fit_population, stack_problem, stacked_kd_loss
 from research.tasks import build_task
 from research.train import fit, seed_everything
 
@@ -152,3 +153,46 @@ def test_what_stacks():
     for i, m in enumerate(models):
         torch.testing.assert_close(out[i], m(x), atol=1e-6, rtol=1e-6)
     assert F.softmax(out, -1).shape == (3, 5, 3)
+
+
+@pytest.mark.parametrize("kind,momentum,nesterov", [("adam", 0.0, False), ("adamw", 0.0, False), ("sgd", 0.9, True), ("sgd", 0.0, False)])
+def test_fused_and_elementwise_optimizers_agree_with_torch(kind, momentum, nesterov):
+    # Both forms of StackedOptimizer against torch.optim run member by member on the same gradients.
+    g = torch.Generator().manual_seed(1)
+    p0 = torch.randn(3, 7, generator=g)
+    grads = [torch.randn(3, 7, generator=g) for _ in range(4)]
+    lrs, wds = [0.1, 0.01, 0.003], [0.0, 0.01, 0.5]
+    expected = []
+    for k in range(3):
+        param = nn.Parameter(p0[k].clone())
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[kind]
+        extra = {"momentum": momentum, "nesterov": nesterov} if kind == "sgd" else {}
+        opt = cls([param], lr=lrs[k], weight_decay=wds[k], **extra)
+        for grad in grads:
+            param.grad = grad[k].clone()
+            opt.step()
+        expected.append(param.detach())
+    for fused in (True, False):
+        p = p0.clone()
+        opt = StackedOptimizer(kind, momentum=momentum, nesterov=nesterov, fused=fused)
+        for grad in grads:
+            opt.step(p, grad.clone(), lrs, wds)
+        torch.testing.assert_close(p, torch.stack(expected), atol=1e-6, rtol=1e-6, msg=f"fused={fused}")
+
+
+def test_teacher_targets_per_batch_equal_the_precomputed_ones(monkeypatch):
+    # Large populations compute the teachers' targets per batch: the same training, to rounding.
+    train, val = toy_data()
+    cached = [TASK.predict(t, train.x) for t in teachers(2)]
+    cfg = TrainConfig(epochs=2, batch_size=32, optimizer="adam", schedule="none", threads=1, device="cpu")
+
+    def run():
+        members = [Member(student(), temperature=t, alpha=a, lr=lr, teacher_weights=w) for t, a, lr, _, w in KNOBS]
+        return fit_population(members, train, cfg, seed=SEED, teacher_logits=cached, task=TASK, val=val, combine="kl_sum")
+
+    precomputed = run()
+    monkeypatch.setattr(population, "MAX_TARGET_ELEMENTS", 0)
+    per_batch = run()
+    for a, b in zip(precomputed, per_batch):
+        torch.testing.assert_close(a.model(val.x), b.model(val.x), atol=1e-6, rtol=1e-6)
+        assert a.history.epochs[-1]["train_soft"] == pytest.approx(b.history.epochs[-1]["train_soft"], rel=1e-6)
