@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import pstats
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -208,6 +209,8 @@ def profile_tables(path: Path, top: int = 15) -> list[str]:
          into(fn(file="/optuna/"), caller=lambda c: "/research/" in c[0] and not finishing(c)) - into(fn("optimize", file="/optuna/"))),
         ("data and teacher (load_run_data, obtain_teachers, check_models, teacher logit cache)",
          into(lambda k: setup(k) or fn("load_run_data", "logits")(k))),
+        ("torch.use_deterministic_algorithms (seed_everything; its first call in a process imports)",
+         into(fn("use_deterministic_algorithms", file="/torch/"))),
         ("study finish (finish_study: the best trials' models to MLflow, the parent run's summary)", into(fn("finish_study"))),
     ]
     parts.append(("other (interpreter start-up, imports, ...)", total - sum(s for _, s in parts)))
@@ -246,6 +249,7 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, help="folder to run in (default: a new temporary one)")
     p.add_argument("--out", type=Path, help=f"results file (default {RESULTS.relative_to(REPO)}; --smoke: a temporary file)")
     a = p.parse_args()
+    sys.path.insert(0, str(REPO))  # this checkout's research package, as the CLI subprocesses get it (PYTHONPATH)
     if a.smoke:
         a.trials, a.epochs, a.transfer, a.teacher_epochs, a.populations, a.profile_k, a.ceiling_s = 4, 1, 2000, 2, [4], 4, 0.5
     work = (a.workdir or Path(tempfile.mkdtemp(prefix="study_speed_"))).resolve()
@@ -298,15 +302,16 @@ def main() -> None:
         study_h = base.get("study, one at a time", (per_hour, best))[0]
         mlflow_share = sum(t.user_attrs.get("tracking_time_s") or 0.0 for t in complete) / max(1e-9, sum(t.duration.total_seconds() for t in complete))
         epochs_run = sum(1.0 if t.state.name == "COMPLETE" else len(t.intermediate_values) / a.epochs for t in done)
-        achieved = flops * epochs_run / (phase * w) / 1e9
+        cores = 1 if w == 1 else w * max(1, (os.cpu_count() or 1) // w)  # torch threads in use, as research.sweep.study.launch sets them
+        achieved = flops * epochs_run / (phase * cores) / 1e9
         rows.append(f"| {label} | {w} | {len(done)} | {counts['COMPLETE']} / {counts['PRUNED']} / {counts['FAIL']} | {phase:.1f} | "
                     f"{per_hour:.0f} | {per_hour / loop_h:.2f}x | {per_hour / study_h:.2f}x | {best:.4f} | {best - loop_best:+.4f} | "
                     f"{100 * mlflow_share:.1f} % | {achieved:.2f} | {100 * achieved / ceiling:.0f} % |")
 
-    cmd = "python benchmarks/study_speed.py " + " ".join(sys.argv[1:])
+    cmd = shlex.join(["python", "benchmarks/study_speed.py", *sys.argv[1:]])
     lines = [
         "# Studies at the speed of the hardware (issue 11)", "",
-        f"- command: `{cmd.strip()}`; date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- command: `{cmd}`; date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine()}",
         f"- budget: `studies/mnist1d_kd.yaml`, {a.trials} trials of {a.epochs} epochs over {len(data.train)} + "
         f"{len(data.transfer) if data.transfer is not None else 0} samples (batch {cfg.train.batch_size}, {steps} steps a trial), "
@@ -330,7 +335,8 @@ def main() -> None:
         f"- one core (torch.set_num_threads(1)), a plain loop of the same GEMMs (forward, weight and input gradients): "
         f"{ceilings[1]:.2f} GFLOP/s as torch.mm (K = 1), {ceilings[16]:.2f} GFLOP/s as stacked bmm [16, B, in] x [16, in, out]; "
         f"the ceiling is the higher, {ceiling:.2f} GFLOP/s.",
-        "- achieved per busy core: trial FLOPs x trials (pruned ones by their epochs) / (trial phase x workers).", "",
+        "- achieved per busy core: trial FLOPs x trials (pruned ones by their epochs) / (trial phase x busy cores); busy cores: 1 "
+        "for 1 worker (the study file's one thread), else workers x (nproc // workers) torch threads (launch's split).", "",
         "Wall of each command, s: " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()), "",
     ]
     if a.profile_k:
