@@ -28,6 +28,7 @@ from ..data import DataBundle
 from ..distill import TeacherLogitCache
 from ..pipeline import load_run_data, obtain_teachers
 from ..tracking import Tracker, mask_url
+from ..train import seed_everything
 from .faults import recover
 from .objective import StudyContext, _mark_failed_run, make_objective, stop_at_target
 from .population import run_population
@@ -138,6 +139,9 @@ def prepare_context(cfg: StudyConfig, study: optuna.Study, *, progress: bool, da
     data = data if data is not None else load_run_data(cfg, progress=progress)
     teachers = obtain_teachers(cfg, data, tracker, progress=progress)
     cache = TeacherLogitCache(Path(cfg.data.cache_dir) / "teacher_logits")
+    # torch's first use_deterministic_algorithms call imports modules for ~2.5 s (benchmarks/study_speed.py's
+    # profile): paid here, not inside the first trial; every trial seeds itself again
+    seed_everything(cfg.seed, cfg.train.deterministic)
     return StudyContext(cfg, study, tracker, study.user_attrs[ATTR_PARENT], data, teachers, cache, progress=False, target=target)
 
 
