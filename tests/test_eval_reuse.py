@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 
 import pytest
 import torch
@@ -206,7 +207,8 @@ def test_a_population_without_teachers_has_no_teacher_metrics():
 
 
 @pytest.fixture
-def tracker(tmp_path):
+def tracker(tmp_path, blank_db):
+    shutil.copy(blank_db, tmp_path / "mlflow.db")  # a fresh real store without MLflow's migrations each time
     return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 

@@ -5,7 +5,10 @@ enqueued points come out first, and TPE's constant liar counts the round's RUNNI
 so the K points differ), trains their students together (:func:`research.population.fit_population`)
 and tells each trial its own result. Each trial keeps its own MLflow child run, as a lone trial's:
 the same name, tags (plus ``population``: the round's size), params, per-epoch metrics (logged
-after the round has trained), final evaluation, weights and status (PRUNED -> KILLED). Pruning is per
+after the round has trained, with the final metrics, in one batched call), final evaluation, weights
+and status (PRUNED -> KILLED). The final evaluation of the round's members is one stacked pass per
+split (the same numbers as each member alone); their deployment metrics are measured once per
+round, their graphs being identical (tag ``latency_shared_by_population``). Pruning is per
 member: each epoch reports the member's metric to its own trial; a member its pruner stops leaves the
 stack and its trial ends PRUNED at that epoch.
 
