@@ -76,6 +76,7 @@ def _local_artifact_root(uri: str) -> Path | None:
     return None
 
 
+@functools.cache  # once per process: the code a process runs is the commit it imported (a run each trial spawned git)
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
