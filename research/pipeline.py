@@ -15,7 +15,7 @@ from torch import nn
 from .config import RunConfig, TeacherConfig, flatten, teacher_augment_flag, teacher_key
 from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
-from .evaluate import deployment_metrics
+from .evaluate import count_parameters, deployment_metrics
 from .models import build_model
 from .models.outputs import LogitsOf, ModelOutputError, check_classes, model_device_dtype
 from .runs import RunContext, shared_tags, tracked_run
@@ -118,7 +118,7 @@ def evaluate_population(
     The deployment metrics (parameters, bytes, FLOPs, latency) are measured ONCE, on ``models[0]``,
     and given to every model: the members' graphs are identical (one architecture, weights of the
     same shapes and dtype), so counts and bytes are equal and latency differs only by measurement
-    noise. Callers say so on the runs (the study tags ``latency_shared_by_population``).
+    noise; ``params_nonzero``, which depends on the weights' values, is counted per model. Callers say so on the runs (the study tags ``latency_shared_by_population``).
     Raises ValueError when the models do not stack; NotImplementedError for a task without
     metrics from logits (only classification populations exist)."""
     from .population import stacked_logits
@@ -138,8 +138,9 @@ def evaluate_population(
             m = task.evaluate_logits(logits[k], split.y, teacher_logits=t_logits, ece_bins=cfg.eval.ece_bins)
             out[k].update({f"{name}_{key}": v for key, v in m.items()})
     shared = _deployment(models[0], data, cfg, task)  # one architecture: measured once for all (see above)
-    for m in out:
-        m.update(shared)
+    for model, m in zip(models, out):
+        # ... except the one count that depends on the weights' values: each member's own.
+        m.update(shared, params_nonzero=float(count_parameters(model, nonzero=True)))
     return out
 
 

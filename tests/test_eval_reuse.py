@@ -176,6 +176,8 @@ def test_a_population_evaluated_in_one_pass_equals_each_member_evaluated_alone(c
     data, cfg = _bundle(), _cfg(batch_size=32)  # batches smaller than the splits
     teachers = [_mlp(1), _mlp(2, widths=(20,))]
     members = [_mlp(10 + k) for k in range(3)]
+    with torch.no_grad():
+        members[2].net[1].weight[:2] = 0.0  # 24 weights at exactly zero: its own params_nonzero
     weights = [[0.5, 0.5], [0.9, 0.1], None]
     together = evaluate_population(members, data, cfg, teachers=teachers, teacher_weights=weights, combine=combine,
                                    cache=TeacherLogitCache())
@@ -190,6 +192,7 @@ def test_a_population_evaluated_in_one_pass_equals_each_member_evaluated_alone(c
         for k in DEPLOYMENT_EXACT:  # the shared architecture's counts and bytes are each member's own
             assert got[k] == alone[k], k
     assert len({m["latency_b1_ms"] for m in together}) == 1  # measured once, shared
+    assert together[2]["params_nonzero"] == together[0]["params_nonzero"] - 24
     # Members differ, and so do their metrics (the pass does not hand one member's numbers to all).
     assert len({m["val_nll"] for m in together}) == 3
 
