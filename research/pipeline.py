@@ -15,7 +15,7 @@ from torch import nn
 from .config import RunConfig, TeacherConfig, flatten, teacher_augment_flag, teacher_key
 from .data import DataBundle, Split, default_augment, load_data
 from .distill import Distiller, Supervised, TeacherLogitCache, build_distiller, teacher_log_probs
-from .evaluate import deployment_metrics
+from .evaluate import count_parameters, deployment_metrics
 from .models import build_model
 from .models.outputs import LogitsOf, ModelOutputError, check_classes, model_device_dtype
 from .runs import RunContext, shared_tags, tracked_run
@@ -79,22 +79,82 @@ def evaluate_run(
     teacher_weights: Sequence[float] | None = None,
     combine: str = "probs",
     with_deployment: bool = True,
+    cache: TeacherLogitCache | None = None,
 ) -> dict[str, float]:
     """Validation and test metrics of ``cfg.task`` (with agreement to the teachers' combined
-    prediction when there are teachers), then size, latency and FLOPs on the task's example input."""
+    prediction when there are teachers), then size, latency and FLOPs on the task's example input.
+    With ``cache`` (a study's or a job's), each teacher's predictions on val and test are computed
+    once per process and reused by every later evaluation (:meth:`TeacherLogitCache.predictions`)."""
     task = build_task(cfg.task)
     out: dict[str, float] = {}
     for name, split in (("val", data.val), ("test", data.test)):
         t_logits = None
         if teachers:
-            t_each = [task.predict(t, split.x, split.y, batch_size=cfg.eval.batch_size) for t in teachers]
+            t_each = _teacher_predictions(teachers, split, task, cfg, cache)
             t_logits = teacher_log_probs(t_each, 1.0, teacher_weights, combine)  # log-probs are valid logits
         m = task.evaluate(model, split.x, split.y, teacher_logits=t_logits, batch_size=cfg.eval.batch_size, ece_bins=cfg.eval.ece_bins)
         out.update({f"{name}_{k}": v for k, v in m.items()})
     if with_deployment:
-        out.update(deployment_metrics(model, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads,
-                                      example=lambda b: task.example_input(data.input_shape, b)))
+        out.update(_deployment(model, data, cfg, task))
     return out
+
+
+def evaluate_population(
+    models: Sequence[nn.Module],
+    data: DataBundle,
+    cfg: RunConfig,
+    *,
+    teachers: Sequence[nn.Module] = (),
+    teacher_weights: Sequence[Sequence[float] | None] | None = None,
+    combine: str = "probs",
+    cache: TeacherLogitCache | None = None,
+) -> list[dict[str, float]]:
+    """:func:`evaluate_run` of each of K stackable MLPs of one architecture (a population round's
+    members, ``research.population``), with ``teacher_weights[k]`` for model k, in one stacked
+    forward pass per split (``research.population.stacked_logits``) scored by the task's own
+    metric code (:meth:`Task.evaluate_logits`): the same metrics as each model evaluated alone, up
+    to the stacked matmul's reduction order.
+
+    The deployment metrics (parameters, bytes, FLOPs, latency) are measured ONCE, on ``models[0]``,
+    and given to every model: the members' graphs are identical (one architecture, weights of the
+    same shapes and dtype), so counts and bytes are equal and latency differs only by measurement
+    noise; ``params_nonzero``, which depends on the weights' values, is counted per model. Callers say so on the runs (the study tags ``latency_shared_by_population``).
+    Raises ValueError when the models do not stack; NotImplementedError for a task without
+    metrics from logits (only classification populations exist)."""
+    from .population import stacked_logits
+
+    if not models:
+        return []
+    task = build_task(cfg.task)
+    weights = list(teacher_weights) if teacher_weights is not None else [None] * len(models)
+    if len(weights) != len(models):
+        raise ValueError(f"{len(weights)} teacher weightings for {len(models)} models")
+    out: list[dict[str, float]] = [{} for _ in models]
+    for name, split in (("val", data.val), ("test", data.test)):
+        logits = stacked_logits(models, split.x, batch_size=cfg.eval.batch_size)  # [K, N, C]
+        t_each = _teacher_predictions(teachers, split, task, cfg, cache) if teachers else None
+        for k in range(len(models)):
+            t_logits = teacher_log_probs(t_each, 1.0, weights[k], combine) if t_each is not None else None
+            m = task.evaluate_logits(logits[k], split.y, teacher_logits=t_logits, ece_bins=cfg.eval.ece_bins)
+            out[k].update({f"{name}_{key}": v for key, v in m.items()})
+    shared = _deployment(models[0], data, cfg, task)  # one architecture: measured once for all (see above)
+    for model, m in zip(models, out):
+        # ... except the one count that depends on the weights' values: each member's own.
+        m.update(shared, params_nonzero=float(count_parameters(model, nonzero=True)))
+    return out
+
+
+def _teacher_predictions(teachers: Sequence[nn.Module], split: Split, task: Task, cfg: RunConfig,
+                         cache: TeacherLogitCache | None) -> list[torch.Tensor]:
+    """Each teacher's raw predictions on ``split`` (the per-process memo of ``cache`` when given)."""
+    if cache is None:
+        return [task.predict(t, split.x, split.y, batch_size=cfg.eval.batch_size) for t in teachers]
+    return [cache.predictions(t, split.x, split.y, task=task, batch_size=cfg.eval.batch_size) for t in teachers]
+
+
+def _deployment(model: nn.Module, data: DataBundle, cfg: RunConfig, task: Task) -> dict[str, float]:
+    return deployment_metrics(model, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads,
+                              example=lambda b: task.example_input(data.input_shape, b))
 
 
 def _epoch_logger(handle: RunHandle | None) -> list[EpochCallback]:
@@ -320,7 +380,7 @@ def train_student(
         )
         metrics = evaluate_run(
             student, data, cfg, teachers=[t.model for t in teachers],
-            teacher_weights=cfg.distill.teacher_weights, combine=cfg.distill.combine,
+            teacher_weights=cfg.distill.teacher_weights, combine=cfg.distill.combine, cache=ctx.cache,
         )
         metrics["train_time_s"] = history.wall_time_s
         metrics["train_samples"] = float(len(train_split))
@@ -383,7 +443,7 @@ def compress_run(cfg: RunConfig, data: DataBundle, ctx: RunContext, *, seed: int
                       cache_dir=cfg.data.cache_dir, threads=cfg.eval.latency_threads, progress=ctx.progress)
         compress_time = time.perf_counter() - t0
         metrics = evaluate_run(cm.model, data, cfg, teachers=[t.model for t in teachers], teacher_weights=cfg.distill.teacher_weights,
-                               combine=cfg.distill.combine, with_deployment=False)
+                               combine=cfg.distill.combine, with_deployment=False, cache=ctx.cache)
         task = build_task(cfg.task)
         metrics.update(compressed_deployment_metrics(cm, data.input_shape, repeats=cfg.eval.latency_repeats, threads=cfg.eval.latency_threads,
                                                      example=lambda b: task.example_input(data.input_shape, b)))

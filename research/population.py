@@ -509,3 +509,17 @@ def fit_population(
         member.model.eval()
         results.append(MemberResult(member.model, histories[m_idx], errors[m_idx]))
     return results
+
+
+@torch.no_grad()
+def stacked_logits(models: Sequence[nn.Module], x: torch.Tensor, *, batch_size: int = 1024) -> torch.Tensor:
+    """Logits float32 [K, N, C] of K stackable MLPs (:func:`stack_problem`) on every row of ``x``
+    [N, *input_shape], in batches of ``batch_size`` rows, returned on the CPU: what
+    ``research.evaluate.predict`` gives for each model alone, in one stacked pass. The batches run
+    where the first model's weights are. Equal to each lone model's logits up to the matmul's
+    reduction order (``baddbmm`` against ``addmm``; tests check the metrics to 1e-6).
+    Raises ValueError when the models do not stack."""
+    stack = StackedMLP(models)  # copies of the weights: the models themselves are untouched
+    where = stack.weights[0].device
+    out = [stack(x[i : i + batch_size].to(where)).float().cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out, dim=1) if out else torch.empty(len(models), 0)

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,9 @@ class TeacherLogitCache:
         self._memory: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
+        self._predictions: dict[tuple, _Prediction] = {}  # predictions(): by identity, see there
+        self.prediction_hits = 0
+        self.prediction_misses = 0
 
     def key(self, teacher: nn.Module, data_fingerprint: str) -> str:
         return f"{model_fingerprint(teacher)}-{data_fingerprint}"
@@ -81,6 +85,59 @@ class TeacherLogitCache:
                     warnings.warn(f"teacher-logit cache not written to {path.parent}: {e.strerror or e}", RuntimeWarning, stacklevel=2)
         self._memory[key] = value
         return value
+
+
+    def predictions(self, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, task: "Task",
+                    batch_size: int = 1024) -> torch.Tensor:
+        """``task.predict(teacher, x, y, batch_size=batch_size)``, computed once per process for
+        the same teacher object with unchanged weights on the same split tensors, then reused
+        (memory only): a study's trials evaluate every member against the teachers' predictions
+        on val and test, which are the same each time.
+
+        The key cannot serve a wrong value: the teacher's weights by content
+        (:func:`model_fingerprint`, so a write through ``.data``, which bypasses torch's version
+        counter, still misses), the split tensors by identity (the entry holds weak references to
+        ``x`` and ``y``, so a freed tensor's reused id cannot match) plus their storage pointer and
+        in-place version counter, the task class and the batch size. Unlike :meth:`logits` the
+        data are not hashed each call (a pass over the whole split) and nothing goes to disk.
+        The raw per-teacher logits are cached; weights and combination are the caller's.
+        """
+        key = (id(teacher), id(x), id(y), type(task), batch_size)
+        stamp = (model_fingerprint(teacher), _tensor_stamp(x), _tensor_stamp(y))
+        entry = self._predictions.get(key)
+        if (entry is not None and entry.holds(teacher, x, y) and entry.stamp == stamp
+                and entry.value._version == entry.value_version):  # and nobody wrote into the logits handed out
+            self.prediction_hits += 1
+            return entry.value
+        self.prediction_misses += 1
+        value = task.predict(teacher, x, y, batch_size=batch_size)
+        # Entries whose teacher or split is gone (a fold's val split, a finished trial's) go, so
+        # the memo does not grow with the trials of a long study.
+        self._predictions = {k: e for k, e in self._predictions.items() if e.alive()}
+        self._predictions[key] = _Prediction(teacher, x, y, stamp, value)
+        return value
+
+
+class _Prediction:
+    """One memo entry of :meth:`TeacherLogitCache.predictions`: weak references to what it was
+    computed from (an id is reused once its object is freed; a dead reference matches nothing)."""
+
+    def __init__(self, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor | None, stamp: tuple, value: torch.Tensor) -> None:
+        self._refs = [weakref.ref(teacher), weakref.ref(x), None if y is None else weakref.ref(y)]
+        self.stamp, self.value, self.value_version = stamp, value, value._version
+
+    def holds(self, *objects: object) -> bool:
+        """Whether the entry was computed from these very objects (``is``, never ``==``)."""
+        return all((r is None and o is None) or (r is not None and r() is o) for r, o in zip(self._refs, objects))
+
+    def alive(self) -> bool:
+        return all(r is None or r() is not None for r in self._refs)
+
+
+def _tensor_stamp(t: torch.Tensor | None) -> tuple | None:
+    """(storage pointer, in-place version counter, shape, dtype, device) of ``t``: changes when
+    ``t`` is written in place or its storage replaced."""
+    return None if t is None else (t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
 
 
 def _atomic_save(value: torch.Tensor, path: Path) -> None:

@@ -5,7 +5,10 @@ enqueued points come out first, and TPE's constant liar counts the round's RUNNI
 so the K points differ), trains their students together (:func:`research.population.fit_population`)
 and tells each trial its own result. Each trial keeps its own MLflow child run, as a lone trial's:
 the same name, tags (plus ``population``: the round's size), params, per-epoch metrics (logged
-after the round has trained), final evaluation, weights and status (PRUNED -> KILLED). Pruning is per
+after the round has trained, with the final metrics, in one batched call), final evaluation, weights
+and status (PRUNED -> KILLED). The final evaluation of the round's members is one stacked pass per
+split (the same numbers as each member alone); their deployment metrics are measured once per
+round, their graphs being identical (tag ``latency_shared_by_population``). Pruning is per
 member: each epoch reports the member's metric to its own trial; a member its pruner stops leaves the
 stack and its trial ends PRUNED at that epoch.
 
@@ -31,7 +34,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import StudyConfig, flatten
 from ..distill.objectives.kd import KD
 from ..models import build_model
-from ..pipeline import concat_splits, distillation_task, evaluate_run
+from ..pipeline import concat_splits, distillation_task, evaluate_population, evaluate_run
 from ..population import Member, MemberResult, fit_population, stack_problem
 from ..runs import RunContext, shared_tags, tracked_run
 from ..tasks import build_task
@@ -165,8 +168,9 @@ def _run_round(ctx: StudyContext, trials: list[optuna.Trial], lone: Callable, ca
                     _tell(ctx, trial, callbacks, state=TrialState.FAIL)
                     told += 1
                 return
-            for (trial, tcfg), result in zip(planned, results):
-                _finish_member(ctx, trial, tcfg, result, len(planned), callbacks)
+            evaluations = _evaluate_round(ctx, planned, results)
+            for (trial, tcfg), result, evaluation in zip(planned, results, evaluations):
+                _finish_member(ctx, trial, tcfg, result, len(planned), callbacks, evaluation)
                 told += 1
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the round's open trials are lost (see faults.py)
             for trial, _ in planned[told:]:
@@ -198,30 +202,62 @@ def _train_round(ctx: StudyContext, planned: list[tuple[optuna.Trial, StudyConfi
                           val=data.val, combine=planned[0][1].distill.combine)
 
 
+def _evaluate_round(ctx: StudyContext, planned: list[tuple[optuna.Trial, StudyConfig]],
+                    results: list[MemberResult]) -> list[dict[str, float] | None]:
+    """The final evaluation of every member that trained to the end, in one stacked pass per split
+    (``pipeline.evaluate_population``: the same metrics as ``evaluate_run`` on each member alone;
+    the deployment metrics of the round's one architecture measured once); None for a member
+    stopped early (pruned or diverged: not evaluated) and for all when the stacked evaluation
+    fails, whose members are then evaluated one by one, as alone (their own failures their own)."""
+    done = [i for i, r in enumerate(results) if r.error is None]
+    out: list[dict[str, float] | None] = [None] * len(results)
+    if not done:
+        return out
+    cfg = planned[0][1]
+    try:
+        metrics = evaluate_population([results[i].model for i in done], ctx.data, cfg, teachers=[t.model for t in ctx.teachers],
+                                      teacher_weights=[planned[i][1].distill.teacher_weights for i in done],
+                                      combine=cfg.distill.combine, cache=ctx.cache)
+    except Exception as e:  # noqa: BLE001 - each member is then evaluated alone, and fails alone
+        log.warning("population of %d: evaluated one at a time (%s: %s)", len(planned), type(e).__name__, e)
+        return out
+    for i, m in zip(done, metrics):
+        out[i] = m
+    return out
+
+
 def _finish_member(ctx: StudyContext, trial: optuna.Trial, tcfg: StudyConfig, result: MemberResult, size: int,
-                   callbacks: Sequence[Callable]) -> None:
-    """Log the member as its trial's run (what ``train_student`` logs for a lone trial) and tell its trial."""
+                   callbacks: Sequence[Callable], evaluation: dict[str, float] | None = None) -> None:
+    """Log the member as its trial's run (what ``train_student`` logs for a lone trial) and tell its
+    trial. ``evaluation``: the member's final metrics from :func:`_evaluate_round` (None: evaluated
+    here, alone). Its per-epoch history and final metrics go to MLflow in one batched call."""
     cfg = ctx.cfg
     task = build_task(cfg.task)
     run_ctx: RunContext = trial_run_context(ctx, trial)
     assert tcfg.student is not None
     tags = shared_tags(tcfg, method="distill", role=run_ctx.role or "trial", seed=cfg.seed, model=tcfg.student.name,
                        teacher_run_ids=[t.run_id for t in ctx.teachers]) | {"population": size}
+    if evaluation is not None:
+        # Deployment metrics (params, bytes, FLOPs, latency) were measured once for the round: its
+        # members' graphs are identical, so the latency is that one measurement's (see evaluate_population).
+        tags["latency_shared_by_population"] = "true"
     params = {**flatten(tcfg.model_dump(mode="json")), "seed": cfg.seed, "full_train": False}
     history = result.history
     try:
         with tracked_run(run_ctx, tcfg, name=run_ctx.run_name or f"trial-{trial.number:03d}", tags=tags, params=params) as run:
+            metrics = None
+            try:
+                if result.error is not None:
+                    raise result.error
+                metrics = dict(evaluation) if evaluation is not None else evaluate_run(
+                    result.model, ctx.data, tcfg, teachers=[t.model for t in ctx.teachers],
+                    teacher_weights=tcfg.distill.teacher_weights, combine=tcfg.distill.combine, cache=ctx.cache)
+                metrics["train_time_s"] = history.wall_time_s
+                metrics["train_samples"] = float(len(ctx.data.train) + (len(ctx.data.transfer) if ctx.data.transfer is not None else 0))
+            finally:  # the epochs it ran, whatever stopped it (a pruned member's too), then its final metrics
+                if run is not None:
+                    run.log_history(history.epochs, final=metrics, final_step=len(history.epochs))
             if run is not None:
-                for epoch, metrics in enumerate(history.epochs, 1):
-                    run.log_metrics(metrics, step=epoch)
-            if result.error is not None:
-                raise result.error
-            metrics = evaluate_run(result.model, ctx.data, tcfg, teachers=[t.model for t in ctx.teachers],
-                                   teacher_weights=tcfg.distill.teacher_weights, combine=tcfg.distill.combine)
-            metrics["train_time_s"] = history.wall_time_s
-            metrics["train_samples"] = float(len(ctx.data.train) + (len(ctx.data.transfer) if ctx.data.transfer is not None else 0))
-            if run is not None:
-                run.log_metrics(metrics, step=len(history.epochs))
                 run.log_state_dict(result.model)  # as a lone trial: the best few become MLflow models when the study ends
                 metrics["tracking_time_s"] = run.seconds
                 run.log_metrics({"tracking_time_s": run.seconds}, step=len(history.epochs))

@@ -100,6 +100,13 @@ class Task:
         prediction as :meth:`predict` shapes it, is given)."""
         raise NotImplementedError
 
+    def evaluate_logits(self, logits: torch.Tensor, y: torch.Tensor, *, teacher_logits: torch.Tensor | None = None,
+                        ece_bins: int = 15) -> dict[str, float]:
+        """:meth:`evaluate` from the model's logits on the split (as :meth:`predict` gives them),
+        for callers that computed them another way (a population's stacked pass). Tasks whose
+        metrics need more than the logits (decoding) raise NotImplementedError."""
+        raise NotImplementedError(f"task {self.name!r} has no metrics from logits alone")
+
     def example_input(self, input_shape: Sequence[int], batch_size: int = 1) -> torch.Tensor:
         """A batch of valid inputs [batch_size, *input_shape] for latency, FLOPs and export."""
         raise NotImplementedError

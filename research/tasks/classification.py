@@ -44,7 +44,10 @@ class Classification(Task):
 
     def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, teacher_logits: torch.Tensor | None = None,
                  batch_size: int = 1024, ece_bins: int = 15) -> dict[str, float]:
-        logits = self.predict(model, x, batch_size=batch_size)
+        return self.evaluate_logits(self.predict(model, x, batch_size=batch_size), y, teacher_logits=teacher_logits, ece_bins=ece_bins)
+
+    def evaluate_logits(self, logits: torch.Tensor, y: torch.Tensor, *, teacher_logits: torch.Tensor | None = None,
+                        ece_bins: int = 15) -> dict[str, float]:
         return classification_metrics(logits, y, teacher_logits=teacher_logits, ece_bins=ece_bins)
 
     def example_input(self, input_shape: Sequence[int], batch_size: int = 1) -> torch.Tensor:
