@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,12 +109,17 @@ class StackedMLP:
         self._bind()
 
     def _bind(self) -> None:
-        """(Re)make the per-layer leaves as views of ``flat`` (after it was replaced)."""
+        """(Re)make the per-layer leaves as views of ``flat`` (after it was replaced), their
+        gradients views of ``grad`` [K, P]: backward accumulates into them in place (torch adds
+        into a ``.grad`` already there), so the optimizer reads one tensor without gathering."""
         views, offset = [], 0
         k = self.flat.shape[0]
+        self.grad = torch.zeros_like(self.flat)
         for _, shape in self.layout:
             size = math.prod(shape)
-            views.append(self.flat[:, offset : offset + size].view(k, *shape).detach().requires_grad_(True))
+            leaf = self.flat[:, offset : offset + size].view(k, *shape).detach().requires_grad_(True)
+            leaf.grad = self.grad[:, offset : offset + size].view(k, *shape)
+            views.append(leaf)
             offset += size
         self.weights, self.biases = views[0::2], views[1::2]
 
@@ -126,13 +132,10 @@ class StackedMLP:
 
     def flat_grad(self) -> torch.Tensor:
         """The members' gradients as one [K, P] tensor, in ``flat``'s order (zeros where a layer got none)."""
-        k = self.size
-        return torch.cat([p.grad.reshape(k, -1) if p.grad is not None else torch.zeros_like(p).reshape(k, -1)
-                          for p in self.parameters()], dim=1)
+        return self.grad
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad = None
+        self.grad.zero_()
 
     def to(self, device: torch.device | str) -> "StackedMLP":
         self.flat = self.flat.to(device)
@@ -246,9 +249,19 @@ class StackedOptimizer:
             st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
         step = torch.tensor(float(self.steps))  # the kernels read the step count already advanced, as torch.optim passes it
         b1, b2 = self.betas
-        for k, (lr_k, wd_k) in enumerate(zip(lr, weight_decay)):
-            self.kernel([p[k]], [g[k]], [st["m"][k]], [st["v"][k]], [], [step], lr=float(lr_k), beta1=b1, beta2=b2,
-                        weight_decay=float(wd_k), eps=self.eps, amsgrad=False, maximize=False)
+        for k, (p_k, g_k, m_k, v_k) in enumerate(self._rows(p, g)):
+            self.kernel(p_k, g_k, m_k, v_k, [], [step], lr=float(lr[k]), beta1=b1, beta2=b2,
+                        weight_decay=float(weight_decay[k]), eps=self.eps, amsgrad=False, maximize=False)
+
+    def _rows(self, p: torch.Tensor, g: torch.Tensor) -> list[tuple[list[torch.Tensor], ...]]:
+        """Each member's row of ``p``, ``g`` and the moments, as the kernels' one-tensor lists;
+        made once per (p, g) pair, since making K x 4 views every step cost as much as the update."""
+        m, v = self.state["m"], self.state["v"]
+        made_for = getattr(self, "_rows_for", ())
+        if len(made_for) != 3 or not all(a is b for a, b in zip(made_for, (p, g, m))):
+            self._rows_for = (p, g, m)  # references, not ids: a freed tensor's id can come back
+            self._rows_cache = [([p[k]], [g[k]], [m[k]], [v[k]]) for k in range(p.shape[0])]
+        return self._rows_cache
 
     def keep(self, rows: torch.Tensor) -> None:
         """Follow :meth:`StackedMLP.keep`: the states' rows at ``rows`` kept."""
@@ -459,7 +472,9 @@ def fit_population(
             p_b, c_b = targets(idx) if target is None else (target[idx].permute(1, 2, 0), target_c[idx].t())
             loss, hard, soft = kd_loss_from_targets(logits, p_b, c_b, y, temperature=temperature, alpha=alpha)
             stack.zero_grad()
-            loss.sum().backward()  # d(sum)/d(member k's rows) = member k's own gradient
+            with warnings.catch_warnings():  # the gradients are views of one [K, P] buffer (StackedMLP._bind): torch's layout check flags them
+                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+                loss.sum().backward()  # d(sum)/d(member k's rows) = member k's own gradient
             optimizer.step(stack.flat, stack.flat_grad(), lr_list, wd_list)
             acc += torch.stack([loss.detach(), hard, soft]) * len(idx)
             bad = [r for r, v in enumerate(loss.detach().tolist()) if not math.isfinite(v)]
