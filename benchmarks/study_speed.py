@@ -40,7 +40,7 @@ RESULTS = REPO / "benchmarks" / "results" / "study_speed.md"
 
 
 def research(args: list[str], cwd: Path, profile: Path | None = None) -> float:
-    """Run the research CLI (one torch thread per process, as population_throughput.py); its wall time, s."""
+    """Run the research CLI (one torch thread per process); its wall time, s."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("MLFLOW_TRACKING_URI", None)
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
