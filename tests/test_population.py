@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from research import population
 from research.config import TrainConfig
 from research.data import Split
 from research.distill import Distiller
 from research.models import build_model
-from research import population
 from research.population import Member, StackedMLP, StackedOptimizer, fit_population, stack_problem, stacked_kd_loss
 from research.tasks import build_task
 from research.train import fit, seed_everything
