@@ -246,7 +246,8 @@ class StackedOptimizer:
             return
         if "m" not in st:
             st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-        step = torch.tensor(float(self.steps))  # the kernels read the step count already advanced, as torch.optim passes it
+        # the step count already advanced, on the parameters' device: as torch.optim hands it to the kernels
+        step = torch.tensor(float(self.steps), device=p.device)
         b1, b2 = self.betas
         for k, (p_k, g_k, m_k, v_k) in enumerate(self._rows(p, g)):
             self.kernel(p_k, g_k, m_k, v_k, [], [step], lr=float(lr[k]), beta1=b1, beta2=b2,
