@@ -456,66 +456,67 @@ def fit_population(
         active = [active[r] for r in keep]
         acc = torch.zeros(3, len(active), device=device)
 
-    for epoch in range(1, cfg.epochs + 1):
-        if not active:
-            break
-        t0 = time.perf_counter()
-        lr_all = torch.tensor([g["lr"] for g in shadow.param_groups], device=device)
-        lr_list = [float(lr_all[m]) for m in active]  # each member's lr this epoch (its schedule's)
-        wd_list = [float(members[m].weight_decay) for m in active]
-        sums.zero_()
-        order = torch.randperm(n, generator=gen).to(device)
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            logits = stack(x)
-            p_b, c_b = targets(idx) if target is None else (target[idx].permute(1, 2, 0), target_c[idx].t())
-            loss, hard, soft = kd_loss_from_targets(logits, p_b, c_b, y, temperature=temperature, alpha=alpha)
-            stack.zero_grad()
-            with warnings.catch_warnings():  # the gradients are views of one [K, P] buffer (StackedMLP._bind): torch's layout check flags them
-                warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+    with warnings.catch_warnings():
+        # the gradients are views of one [K, P] buffer (StackedMLP._bind), which torch's layout check flags
+        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+        for epoch in range(1, cfg.epochs + 1):
+            if not active:
+                break
+            t0 = time.perf_counter()
+            lr_all = torch.tensor([g["lr"] for g in shadow.param_groups], device=device)
+            lr_list = [float(lr_all[m]) for m in active]  # each member's lr this epoch (its schedule's)
+            wd_list = [float(members[m].weight_decay) for m in active]
+            sums.zero_()
+            order = torch.randperm(n, generator=gen).to(device)
+            for i in range(0, n, cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                x, y = x_all[idx], y_all[idx]
+                logits = stack(x)
+                p_b, c_b = targets(idx) if target is None else (target[idx].permute(1, 2, 0), target_c[idx].t())
+                loss, hard, soft = kd_loss_from_targets(logits, p_b, c_b, y, temperature=temperature, alpha=alpha)
+                stack.zero_grad()
                 loss.sum().backward()  # d(sum)/d(member k's rows) = member k's own gradient
-            optimizer.step(stack.flat, stack.flat_grad(), lr_list, wd_list)
-            acc += torch.stack([loss.detach(), hard, soft]) * len(idx)
-            bad = [r for r, v in enumerate(loss.detach().tolist()) if not math.isfinite(v)]
-            if bad:
-                for r in bad:
-                    errors[active[r]] = NonFiniteLossError(
-                        f"training loss became {loss[r].item()} at epoch {epoch}, step {i // cfg.batch_size + 1}")
-                drop(bad)
-                if not active:
-                    break
-        if active:
-            flush()
-        if not active:
-            break
-        elapsed = time.perf_counter() - t0
-        shared_k = len(active)
-        if scheduler is not None:
-            shadow.step()  # a no-op (no gradients): keeps torch's order check of step() before scheduler.step() quiet
-            scheduler.step()
-        stopped: list[int] = []
-        for r, m_idx in enumerate(active):
-            member = members[m_idx]
-            metrics = {f"train_{name}": float(sums[j, m_idx]) / n for j, name in enumerate(("loss", "hard", "soft"))}
-            metrics["lr"] = float(lr_all[m_idx])
-            metrics["epoch_time_s"] = elapsed / shared_k
-            metrics.update(member.epoch_values)
-            if val is not None and len(val):
-                member.model.load_state_dict(stack.state_dict(r))
-                member.model.eval()
-                vm = task.epoch_metrics(member.model, val.x, val.y, device=device)
-                metrics.update({f"val_{name}": v for name, v in vm.items()})
-            histories[m_idx].epochs.append(metrics)
-            histories[m_idx].wall_time_s += elapsed / shared_k
-            try:
-                for cb in member.callbacks:
-                    cb(epoch, metrics)
-            except Exception as e:  # noqa: BLE001 - a callback's exception stops its member only, as fit's stops its run
-                errors[m_idx] = e
-                stopped.append(r)
-        if stopped:
-            drop(stopped)
+                optimizer.step(stack.flat, stack.flat_grad(), lr_list, wd_list)
+                acc += torch.stack([loss.detach(), hard, soft]) * len(idx)
+                bad = [r for r, v in enumerate(loss.detach().tolist()) if not math.isfinite(v)]
+                if bad:
+                    for r in bad:
+                        errors[active[r]] = NonFiniteLossError(
+                            f"training loss became {loss[r].item()} at epoch {epoch}, step {i // cfg.batch_size + 1}")
+                    drop(bad)
+                    if not active:
+                        break
+            if active:
+                flush()
+            if not active:
+                break
+            elapsed = time.perf_counter() - t0
+            shared_k = len(active)
+            if scheduler is not None:
+                shadow.step()  # a no-op (no gradients): keeps torch's order check of step() before scheduler.step() quiet
+                scheduler.step()
+            stopped: list[int] = []
+            for r, m_idx in enumerate(active):
+                member = members[m_idx]
+                metrics = {f"train_{name}": float(sums[j, m_idx]) / n for j, name in enumerate(("loss", "hard", "soft"))}
+                metrics["lr"] = float(lr_all[m_idx])
+                metrics["epoch_time_s"] = elapsed / shared_k
+                metrics.update(member.epoch_values)
+                if val is not None and len(val):
+                    member.model.load_state_dict(stack.state_dict(r))
+                    member.model.eval()
+                    vm = task.epoch_metrics(member.model, val.x, val.y, device=device)
+                    metrics.update({f"val_{name}": v for name, v in vm.items()})
+                histories[m_idx].epochs.append(metrics)
+                histories[m_idx].wall_time_s += elapsed / shared_k
+                try:
+                    for cb in member.callbacks:
+                        cb(epoch, metrics)
+                except Exception as e:  # noqa: BLE001 - a callback's exception stops its member only, as fit's stops its run
+                    errors[m_idx] = e
+                    stopped.append(r)
+            if stopped:
+                drop(stopped)
     for r, m_idx in enumerate(active):
         final[m_idx] = stack.state_dict(r)
     results = []

@@ -13,8 +13,9 @@ import os
 import tempfile
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,14 +36,48 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:24]
 
 
-class TeacherLogitCache:
-    """In-memory and (when ``directory`` is given) on-disk cache of teacher logits."""
+class MemoryDiskCache:
+    """Values by key, in memory and (when ``directory`` is given) as ``<key>.pt`` files; what the
+    teacher-logit and teacher-beam caches share. Counts ``hits`` and ``misses``."""
+
+    what = "cache"  # named in the warning when a file cannot be written
 
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else None
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, Any] = {}
         self.hits = 0
         self.misses = 0
+
+    def _cached(self, key: str, compute: Callable[[], Any], *, to_file: Callable[[Any], Any] = lambda v: v,
+                from_file: Callable[[Any], Any] = lambda v: v) -> Any:
+        """The value under ``key``: from memory, else from its file, else ``compute()`` (then
+        written, atomically; a failed write warns and keeps the value in memory only)."""
+        if key in self._memory:
+            self.hits += 1
+            return self._memory[key]
+        path = self.directory / f"{key}.pt" if self.directory is not None else None
+        if path is not None and path.exists():
+            self.hits += 1
+            value = from_file(torch.load(path, weights_only=True, map_location="cpu"))
+        else:
+            self.misses += 1
+            value = compute()
+            if path is not None:
+                try:
+                    _atomic_save(to_file(value), path)
+                except OSError as e:  # a full disk or read-only cache: the value is still right, kept in memory
+                    warnings.warn(f"{self.what} not written to {path.parent}: {e.strerror or e}", RuntimeWarning, stacklevel=3)
+        self._memory[key] = value
+        return value
+
+
+class TeacherLogitCache(MemoryDiskCache):
+    """In-memory and (when ``directory`` is given) on-disk cache of teacher logits."""
+
+    what = "teacher-logit cache"
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        super().__init__(directory)
         self._predictions: dict[tuple, _Prediction] = {}  # predictions(): by identity, see there
         self.prediction_hits = 0
         self.prediction_misses = 0
@@ -64,27 +99,12 @@ class TeacherLogitCache:
         """The teacher's logits for every row of ``x``, as ``task.predict`` computes them
         (default: the model called on the inputs, ``research.evaluate.predict``); ``y`` for
         tasks whose forward reads the targets. The data fingerprint must cover ``y`` then."""
-        key = self.key(teacher, data_fingerprint)
-        if key in self._memory:
-            self.hits += 1
-            return self._memory[key]
-        path = self.directory / f"{key}.pt" if self.directory is not None else None
-        if path is not None and path.exists():
-            self.hits += 1
-            value = torch.load(path, weights_only=True, map_location="cpu")
-        else:
-            self.misses += 1
+        def compute() -> torch.Tensor:
             if task is None:
-                value = predict(teacher, x, batch_size=batch_size, device=device)
-            else:
-                value = task.predict(teacher, x, y, batch_size=batch_size, device=device)
-            if path is not None:
-                try:
-                    _atomic_save(value, path)
-                except OSError as e:  # a full disk or read-only cache: the logits are still right, kept in memory
-                    warnings.warn(f"teacher-logit cache not written to {path.parent}: {e.strerror or e}", RuntimeWarning, stacklevel=2)
-        self._memory[key] = value
-        return value
+                return predict(teacher, x, batch_size=batch_size, device=device)
+            return task.predict(teacher, x, y, batch_size=batch_size, device=device)
+
+        return self._cached(self.key(teacher, data_fingerprint), compute)
 
 
     def predictions(self, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, task: "Task",

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from ..decoding import beam_search
 from ..g2p_metrics import edit_distance
 from ..tasks import Task, build_task
 from ..tasks.sequence import _max_output, references
-from .cache import _atomic_save, model_fingerprint
+from .cache import MemoryDiskCache, model_fingerprint
 from .distiller import Distiller, Supervised, build_distiller
 
 __all__ = ["METHODS", "BeamSettings", "NBest", "TeacherBeamCache", "method_learner", "seq_inter_targets",
@@ -94,14 +93,10 @@ def _to_nbest(results: list[list], k: int) -> NBest:
     return NBest(tokens, lp, sc)
 
 
-class TeacherBeamCache:
+class TeacherBeamCache(MemoryDiskCache):
     """In-memory and (with ``directory``) on-disk cache of a teacher's n-best lists."""
 
-    def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else None
-        self._memory: dict[str, NBest] = {}
-        self.hits = 0
-        self.misses = 0
+    what = "teacher beam cache"
 
     def key(self, teacher: nn.Module, data_fingerprint: str, settings: BeamSettings) -> str:
         beam_part = hashlib.sha256(settings.key().encode()).hexdigest()[:12]
@@ -109,31 +104,18 @@ class TeacherBeamCache:
 
     def nbest(self, teacher: nn.Module, words: Split, settings: BeamSettings) -> NBest:
         """The teacher's ``settings.beam`` best hypotheses for every row of ``words.x``."""
-        key = self.key(teacher, words.fingerprint(), settings)
-        if key in self._memory:
-            self.hits += 1
-            return self._memory[key]
-        path = self.directory / f"{key}.pt" if self.directory is not None else None
-        if path is not None and path.exists():
-            self.hits += 1
-            value = NBest(**torch.load(path, weights_only=True, map_location="cpu"))
-        else:
-            self.misses += 1
+        def compute() -> NBest:
             max_len = _max_output(teacher, words.x) if settings.max_len is None else settings.max_len
             device = next(teacher.parameters()).device
             results = []
             for i in range(0, len(words), settings.batch_size):
                 results += beam_search(teacher, words.x[i : i + settings.batch_size].to(device), beam=settings.beam,
                                        max_len=max_len, length_penalty=settings.length_penalty)
-            value = _to_nbest(results, settings.beam)
-            if path is not None:
-                try:
-                    _atomic_save({"tokens": value.tokens, "log_prob": value.log_prob, "score": value.score}, path)
-                except OSError as e:  # the lists are still right, kept in memory
-                    warnings.warn(f"teacher beam cache not written to {path.parent}: {e.strerror or e}", RuntimeWarning,
-                                  stacklevel=2)
-        self._memory[key] = value
-        return value
+            return _to_nbest(results, settings.beam)
+
+        return self._cached(self.key(teacher, words.fingerprint(), settings), compute,
+                            to_file=lambda v: {"tokens": v.tokens, "log_prob": v.log_prob, "score": v.score},
+                            from_file=lambda d: NBest(**d))
 
 
 def seq_kd_targets(nbest: NBest, top_k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
