@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,37 +53,52 @@ from .config import TrainConfig
 from .data import Split
 from .distill.loss import normalize_teacher_weights
 from .models.mlp import MLP
+from .stacked_optim import StackedOptimizer
 from .tasks import Task
 from .train import History, NonFiniteLossError, make_scheduler, resolve_device, seed_everything
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
+# ReLU's backward as autograd runs it (grad where the output > 0, else 0), in place; a mask-and-multiply was 8x slower here.
+_threshold_backward = torch.ops.aten.threshold_backward.grad_input
+
 # Precomputed teacher targets above this many floats (K x N_train x C; 2**26 = 256 MiB) are computed per batch instead.
 MAX_TARGET_ELEMENTS = 1 << 26
+# Steps between moving the float32 loss-value accumulators into float64 (each element sums this many terms in float32).
+ACC_FLUSH_STEPS = 16
 
 
 def stack_problem(model: nn.Module) -> str | None:
     """Why ``model`` cannot be a member of a stack, or None when it can: only the workbench's plain
-    MLP (Flatten, Linear, ReLU) stacks; dropout would need per-member randomness to equal the lone
-    run, BatchNorm has running statistics, other layers have no stacked form here."""
+    MLP (Flatten, then Linear + ReLU pairs, then a Linear) stacks; dropout would need per-member
+    randomness to equal the lone run, BatchNorm has running statistics, other layers have no stacked
+    form here."""
     if not isinstance(model, MLP):
         return f"{type(model).__name__} is not a plain MLP"
+    kinds = []
     for layer in model.net:
         if isinstance(layer, nn.Dropout):
             return "it has dropout (no per-member randomness equal to the lone run)"
         if not isinstance(layer, (nn.Flatten, nn.Linear, nn.ReLU)):
             return f"it has a {type(layer).__name__} layer"
+        kinds.append("L" if isinstance(layer, nn.Linear) else "R" if isinstance(layer, nn.ReLU) else "")
+    pattern = "".join(kinds)
+    if pattern.replace("LR", "") != "L" or not pattern.endswith("L"):
+        return "its layers are not Linear + ReLU pairs ending in a Linear"
     return None
 
 
 class StackedMLP:
-    """K MLPs of one architecture as stacked tensors: weights [K, out, in], biases [K, out].
+    """K MLPs of one architecture, stacked, trained by hand-written forward and backward passes.
 
-    All of them are views of one flat [K, P] tensor (``flat``, P = one member's parameter count),
-    so that the optimizer updates every member and layer in a few elementwise operations on one
-    tensor instead of ~10 per layer (on a CPU a step of these tiny models is otherwise dominated by
-    per-operation overhead). The views are autograd leaves of their own; :meth:`flat_grad` gathers
-    their gradients into one [K, P] tensor.
+    Linear layer l of member k is held as one augmented matrix ``blocks[l][k]`` [out, in + 1]: the
+    weight, then the bias as its last column. The activations are kept feature-major, [K, features + 1,
+    B], with a last row of ones, so a layer is ONE batched matmul (no separate bias add) and its weight
+    and bias gradients come from one matmul too. On a CPU these models are so small that a step is as
+    much per-operation overhead as arithmetic: written out (instead of autograd over ``baddbmm``) the
+    step is 3 forward matmuls, 5 backward ones, 2 ReLUs and 2 ReLU backwards, in preallocated buffers.
+    The blocks are views of one flat parameter tensor ``flat`` (``grads``: of ``grad``), each block
+    [K, out, in + 1] contiguous, so the optimizer updates a whole layer, or all members at once, per call.
     """
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
@@ -99,173 +113,106 @@ class StackedMLP:
             raise ValueError("the models to stack differ in architecture")
         self.template = models[0]
         self.linear_names = [f"net.{i}" for i, layer in enumerate(models[0].net) if isinstance(layer, nn.Linear)]
-        self.ops = ["relu" if isinstance(layer, nn.ReLU) else "linear" if isinstance(layer, nn.Linear) else "flatten"
-                    for layer in models[0].net]
         states = [m.state_dict() for m in models]
-        # (state-dict key, shape) in flat order: weight then bias of each linear layer
-        self.layout = [(f"{n}.{kind}", tuple(states[0][f"{n}.{kind}"].shape)) for n in self.linear_names for kind in ("weight", "bias")]
-        self.flat = torch.stack([torch.cat([s[key].detach().reshape(-1) for key, _ in self.layout]) for s in states]).float()
-        self._bind()
+        self.shapes = [tuple(states[0][f"{n}.weight"].shape) for n in self.linear_names]  # (out, in) per layer
+        blocks = [torch.stack([torch.cat([s[f"{n}.weight"], s[f"{n}.bias"].unsqueeze(1)], 1) for s in states]).float()
+                  for n in self.linear_names]
+        self.flat = torch.cat([b.reshape(-1) for b in blocks])
+        self._bind(len(models))
 
-    def _bind(self) -> None:
-        """(Re)make the per-layer leaves as views of ``flat`` (after it was replaced), their
-        gradients views of ``grad`` [K, P]: backward accumulates into them in place (torch adds
-        into a ``.grad`` already there), so the optimizer reads one tensor without gathering."""
-        views, offset = [], 0
-        k = self.flat.shape[0]
+    def _bind(self, k: int) -> None:
+        """(Re)make the blocks as views of ``flat`` (after it was replaced) and the gradient buffer."""
+        self.k = k
         self.grad = torch.zeros_like(self.flat)
-        for _, shape in self.layout:
-            size = math.prod(shape)
-            leaf = self.flat[:, offset : offset + size].view(k, *shape).detach().requires_grad_(True)
-            leaf.grad = self.grad[:, offset : offset + size].view(k, *shape)
-            views.append(leaf)
+        self.blocks, self.grads, offset = [], [], 0
+        for out, inp in self.shapes:
+            size = k * out * (inp + 1)
+            self.blocks.append(self.flat[offset : offset + size].view(k, out, inp + 1))
+            self.grads.append(self.grad[offset : offset + size].view(k, out, inp + 1))
             offset += size
-        self.weights, self.biases = views[0::2], views[1::2]
+        self._buffers: dict[int, list[torch.Tensor]] = {}
+        self._saved: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     @property
     def size(self) -> int:
-        return self.flat.shape[0]
+        return self.k
 
-    def parameters(self) -> list[torch.Tensor]:
-        return [t for pair in zip(self.weights, self.biases) for t in pair]
+    @property
+    def in_features(self) -> int:
+        return self.shapes[0][1]
 
-    def flat_grad(self) -> torch.Tensor:
-        """The members' gradients as one [K, P] tensor, in ``flat``'s order (zeros where a layer got none)."""
-        return self.grad
-
-    def zero_grad(self) -> None:
-        self.grad.zero_()
+    @property
+    def num_classes(self) -> int:
+        return self.shapes[-1][0]
 
     def to(self, device: torch.device | str) -> "StackedMLP":
         self.flat = self.flat.to(device)
-        self._bind()
+        self._bind(self.k)
         return self
 
+    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [B, *input_shape] shared by all members -> logits [K, B, C]."""
-        h = x.flatten(1).unsqueeze(0).expand(self.size, -1, -1)  # [K, B, in], a view: no copy
-        last = len(self.weights) - 1
-        j = 0
-        for op in self.ops:
-            if op == "linear":
-                if j == last and self.ops[-1] == "linear":  # W h^T + b: logits stored [K, C, B], the layout the loss is fastest in
-                    return torch.baddbmm(self.biases[j].unsqueeze(2), self.weights[j], h.transpose(1, 2)).transpose(1, 2)
-                # b + h @ W^T per member: the lone Linear's addmm, batched.
-                h = torch.baddbmm(self.biases[j].unsqueeze(1), h, self.weights[j].transpose(1, 2))
-                j += 1
-            elif op == "relu":
-                h = torch.relu(h)
-        return h
+        """``x`` [B, *input_shape] shared by all members -> logits [K, B, C] (inference)."""
+        h = x.flatten(1).t().to(self.flat).expand(self.k, -1, -1)  # [K, in, B], a view
+        for i, a in enumerate(self.blocks):
+            h = torch.baddbmm(a[:, :, -1:], a[:, :, :-1], h)
+            if i < len(self.blocks) - 1:
+                h = h.relu_()
+        return h.transpose(1, 2)
 
     __call__ = forward
 
+    def _hidden(self, b: int) -> list[torch.Tensor]:
+        """Each hidden layer's activation buffer [K, out + 1, b], last row ones; made once per batch size."""
+        if b not in self._buffers:
+            self._buffers[b] = [torch.ones(self.k, out + 1, b, device=self.flat.device) for out, _ in self.shapes[:-1]]
+            # and the backward's input gradients of the layers after the first, [K, in, b]: fresh
+            # allocations of these every step made their matmuls up to 3x slower here
+            self._buffers[-b] = [torch.empty(self.k, inp, b, device=self.flat.device) for _, inp in self.shapes[1:]]
+        return self._buffers[b]
+
+    def train_forward(self, xa: torch.Tensor) -> torch.Tensor:
+        """Training forward: ``xa`` [B, in + 1], the batch flattened with a column of ones appended,
+        -> logits [K, C, B] (classes before samples). Keeps the activations for :meth:`backward`."""
+        hidden = self._hidden(xa.shape[0])
+        h = xa.t().expand(self.k, -1, -1)  # [K, in + 1, B]: the members share the batch
+        for a, buf in zip(self.blocks, hidden):
+            out = buf[:, :-1]
+            torch.bmm(a, h, out=out)
+            out.relu_()
+            h = buf
+        self._saved = (xa, hidden)
+        return torch.bmm(self.blocks[-1], h)
+
+    def backward(self, g: torch.Tensor) -> None:
+        """Write into ``grads`` the gradient of sum_k L_k given ``g`` = dL_k/dlogits [K, C, B] (it may
+        be changed) for the batch of the last :meth:`train_forward`. No member's loss depends on
+        another's rows, so each block row is that member's own gradient."""
+        if self._saved is None:
+            raise RuntimeError("backward before train_forward")
+        xa, hidden = self._saved
+        g_ins = self._buffers[-xa.shape[0]]
+        for i in range(len(self.blocks) - 1, 0, -1):
+            h = hidden[i - 1]
+            torch.bmm(g, h.transpose(1, 2), out=self.grads[i])  # weight and bias (the ones row) gradients
+            g_in = torch.bmm(self.blocks[i][:, :, :-1].transpose(1, 2), g, out=g_ins[i - 1])
+            g = _threshold_backward(g_in, h[:, :-1], 0.0, grad_input=g_in)  # ReLU's: autograd's own kernel
+        torch.bmm(g, xa.expand(self.k, -1, -1), out=self.grads[0])
+        self._saved = None
+
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the members at ``rows`` (indices into the current stack)."""
-        self.flat = self.flat[rows].clone()
-        self._bind()
+        kept = [b[rows].reshape(-1) for b in self.blocks]
+        self.flat = torch.cat(kept)
+        self._bind(len(rows))
 
     def state_dict(self, row: int) -> dict[str, torch.Tensor]:
         """Member ``row``'s weights as the lone MLP's state dict (CPU copies)."""
         out: dict[str, torch.Tensor] = {}
-        for (key, _), t in zip(self.layout, self.parameters()):
-            out[key] = t.detach()[row].cpu().clone()
+        for name, a in zip(self.linear_names, self.blocks):
+            m = a[row].detach().cpu()
+            out[f"{name}.weight"], out[f"{name}.bias"] = m[:, :-1].clone(), m[:, -1].clone()
         return out
-
-
-class StackedOptimizer:
-    """K independent optimizers over a flat [K, P] parameter tensor (member = row), torch's update rules.
-
-    ``kind``: ``sgd`` (momentum, nesterov, no dampening), ``adam`` (L2 weight decay added to the
-    gradient) or ``adamw`` (decoupled: p *= 1 - lr * wd), betas (0.9, 0.999), eps 1e-8, as torch's
-    defaults (torch.optim.Adam / AdamW / SGD documentation). Each :meth:`step` gets the flat gradient
-    [K, P] and each member's lr and weight decay.
-
-    ``fused`` (default: when this torch has them): torch's own fused kernels (``torch._fused_adam_``,
-    ``_fused_adamw_``, ``_fused_sgd_``, which ``torch.optim``'s ``fused=True`` calls), once per
-    member on its row, so each member is updated by exactly torch's optimizer in one pass over its
-    parameters; they are private, so the elementwise form below stays as the fallback (measured
-    here: the fused calls were 1.5-2.7x faster than the elementwise form at K = 16).
-    """
-
-    def __init__(self, kind: str, *, momentum: float = 0.0, nesterov: bool = False,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, fused: bool | None = None) -> None:
-        if kind not in ("sgd", "adam", "adamw"):
-            raise ValueError(f"unknown optimizer {kind!r}")
-        self.kind, self.momentum, self.nesterov, self.betas, self.eps = kind, momentum, nesterov, betas, eps
-        kernel = getattr(torch, {"sgd": "_fused_sgd_", "adam": "_fused_adam_", "adamw": "_fused_adamw_"}[kind], None)
-        self.kernel = kernel if fused is not False else None
-        if fused and kernel is None:
-            raise ValueError(f"this torch ({torch.__version__}) has no fused {kind} kernel")
-        self.state: dict[str, torch.Tensor] = {}
-        self.steps = 0
-
-    @torch.no_grad()
-    def step(self, p: torch.Tensor, g: torch.Tensor, lr: Sequence[float], weight_decay: Sequence[float]) -> None:
-        """Update ``p`` [K, P] in place from its gradient ``g`` [K, P] (which it may change);
-        ``lr`` and ``weight_decay``: one float per member."""
-        self.steps += 1
-        if self.kernel is not None:
-            self._fused_step(p, g, lr, weight_decay)
-            return
-        st = self.state
-        lr_k = torch.tensor(list(lr), dtype=p.dtype, device=p.device).reshape(-1, 1)
-        wd_k = torch.tensor(list(weight_decay), dtype=p.dtype, device=p.device).reshape(-1, 1)
-        if self.kind == "sgd":
-            g = g.addcmul_(wd_k, p)
-            if self.momentum != 0:
-                if "buf" not in st:
-                    st["buf"] = g.clone()
-                else:
-                    st["buf"].mul_(self.momentum).add_(g)
-                g = g.add_(st["buf"], alpha=self.momentum) if self.nesterov else st["buf"]
-            p.sub_(lr_k * g)
-            return
-        if self.kind == "adamw":
-            p.mul_(1 - lr_k * wd_k)
-        else:
-            g = g.addcmul_(wd_k, p)
-        b1, b2 = self.betas
-        if "m" not in st:
-            st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-        st["m"].lerp_(g, 1 - b1)
-        st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-        bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
-        denom = st["v"].sqrt().div_(math.sqrt(bc2)).add_(self.eps)
-        p.sub_(st["m"].div(denom).mul_(lr_k / bc1))
-
-    def _fused_step(self, p: torch.Tensor, g: torch.Tensor, lr: Sequence[float], weight_decay: Sequence[float]) -> None:
-        st = self.state
-        if self.kind == "sgd":
-            first = "buf" not in st
-            if first and self.momentum != 0:
-                st["buf"] = torch.empty_like(p)  # the kernel fills it with the first gradient
-            for k, (lr_k, wd_k) in enumerate(zip(lr, weight_decay)):
-                self.kernel([p[k]], [g[k]], [st["buf"][k]] if self.momentum != 0 else [], weight_decay=float(wd_k),
-                            momentum=self.momentum, lr=float(lr_k), dampening=0.0, nesterov=self.nesterov, maximize=False,
-                            is_first_step=first)
-            return
-        if "m" not in st:
-            st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
-        # the step count already advanced, on the parameters' device: as torch.optim hands it to the kernels
-        step = torch.tensor(float(self.steps), device=p.device)
-        b1, b2 = self.betas
-        for k, (p_k, g_k, m_k, v_k) in enumerate(self._rows(p, g)):
-            self.kernel(p_k, g_k, m_k, v_k, [], [step], lr=float(lr[k]), beta1=b1, beta2=b2,
-                        weight_decay=float(weight_decay[k]), eps=self.eps, amsgrad=False, maximize=False)
-
-    def _rows(self, p: torch.Tensor, g: torch.Tensor) -> list[tuple[list[torch.Tensor], ...]]:
-        """Each member's row of ``p``, ``g`` and the moments, as the kernels' one-tensor lists;
-        made once per (p, g) pair, since making K x 4 views every step cost as much as the update."""
-        m, v = self.state["m"], self.state["v"]
-        made_for = getattr(self, "_rows_for", ())
-        if len(made_for) != 3 or not all(a is b for a, b in zip(made_for, (p, g, m))):
-            self._rows_for = (p, g, m)  # references, not ids: a freed tensor's id can come back
-            self._rows_cache = [([p[k]], [g[k]], [m[k]], [v[k]]) for k in range(p.shape[0])]
-        return self._rows_cache
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Follow :meth:`StackedMLP.keep`: the states' rows at ``rows`` kept."""
-        self.state = {k: v[rows].clone() for k, v in self.state.items()}
 
 
 def teacher_targets(teachers: torch.Tensor, temperature: torch.Tensor, teacher_weights: torch.Tensor | None = None,
@@ -344,6 +291,31 @@ def stacked_kd_loss(student: torch.Tensor, teachers: torch.Tensor, labels: torch
     return kd_loss_from_targets(student, target, target_c, labels, temperature=temperature, alpha=alpha)
 
 
+def kd_logit_grad(logits: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor, labelled: torch.Tensor, *,
+                  inv_temperature: torch.Tensor, soft_scale: torch.Tensor, hard_scale: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient of each member's loss with respect to its logits, in closed form.
+
+    logits [K, C, B] (classes before samples, as :meth:`StackedMLP.train_forward` gives them);
+    target [K, C, B]: the teacher target P of :func:`teacher_targets` over the batch; onehot [C, B]:
+    the labels one-hot, all-zero columns for unlabeled rows; labelled [B]: 1.0 for a labelled row,
+    else 0.0. Per member, each [K, 1, 1]: inv_temperature = 1 / T_k, soft_scale = (1 - alpha_k) T_k / B,
+    hard_scale = alpha_k / (labelled rows, at least 1). For the loss of :func:`kd_loss_from_targets`,
+
+        dL_k / dz = hard_scale_k * (softmax(z) * labelled - onehot) + soft_scale_k * (softmax(z / T_k) - P)
+
+    (cross-entropy's gradient is softmax - onehot; the soft term's is (1/T)(q - p) per unit of KL,
+    Hinton et al. 2015, section 2, times the T^2 weight). Returns (grad [K, C, B], log q =
+    log_softmax(z / T) and log s = log_softmax(z), each [K, C, B], from which the caller sums the
+    loss values without computing them again). tests/test_population.py checks it against autograd.
+    """
+    log_q = torch.log_softmax(logits * inv_temperature, 1)
+    grad = torch.sub(log_q.exp(), target).mul_(soft_scale)
+    log_s = torch.log_softmax(logits, 1)
+    grad.addcmul_(log_s.exp().mul_(labelled).sub_(onehot), hard_scale)
+    return grad, log_q, log_s
+
+
 @dataclass
 class Member:
     """One member of a population: its built model (initial weights as the lone run's) and knobs.
@@ -407,11 +379,12 @@ def fit_population(
         raise ValueError("a population is distilled from at least one teacher")
     weights = torch.stack([normalize_teacher_weights(m.teacher_weights, n_teachers) for m in members]).float()  # [K, N]
     stack = StackedMLP([m.model for m in members]).to(device)
+    classes = stack.num_classes
     cached = torch.stack([t.to(device) for t in teacher_logits])  # [N, N_train, C]
-    # Each member's teacher target is fixed for the whole run (its T and teacher weights do not change):
-    # computed once here, unless it would be too large (then per batch, the same function).
-    per_batch = k * cached.shape[1] * cached.shape[2] > MAX_TARGET_ELEMENTS
-    x_all, y_all = train.x.to(device), train.y.to(device)
+    if cached.shape[-1] != classes:
+        raise ValueError(f"the teachers' logits have {cached.shape[-1]} classes, the students {classes}")
+    n, bs = len(train), cfg.batch_size
+    x_all, y_all = train.x.to(device).flatten(1), train.y.to(device)
     temperature = torch.tensor([float(m.temperature) for m in members], device=device)
     alpha = torch.tensor([float(m.alpha) for m in members], device=device)
     # The lone run's schedule, member by member: torch's scheduler on a shadow optimizer of K groups.
@@ -419,29 +392,23 @@ def fit_population(
     scheduler = make_scheduler(shadow, cfg)
     optimizer = StackedOptimizer(cfg.optimizer, momentum=cfg.momentum, nesterov=cfg.nesterov)
     gen = torch.Generator().manual_seed(seed)
-    n = len(train)
     active = list(range(k))  # original index of each stack row
     histories = [History() for _ in members]
     errors: list[BaseException | None] = [None] * k
     final: dict[int, dict[str, torch.Tensor]] = {}
-    sums = torch.zeros(3, k, dtype=torch.float64)  # per original member: summed loss, hard, soft (x batch size)
-    acc = torch.zeros(3, k, device=device)  # the same over the active rows, since the last flush
-
-    def flush() -> None:
-        nonlocal acc
-        sums[:, active] += acc.double().cpu()
-        acc = torch.zeros(3, len(active), device=device)
 
     def targets(rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         return teacher_targets(cached[:, rows], temperature, weights.to(device) if n_teachers > 1 else None, combine)
 
+    # Each member's teacher target is fixed for the whole run (its T and teacher weights do not change):
+    # computed once here ([K, C, N], and the constant part of the KL summed over all samples), unless it
+    # would be too large (then per batch, the same function).
+    per_batch = k * n * classes > MAX_TARGET_ELEMENTS
     target, target_c = (None, None) if per_batch else targets(slice(None))
-    if target is not None:  # sample-major ([N, K, C], [N, K]): a batch's gather copies whole rows
-        target, target_c = target.permute(2, 0, 1).contiguous(), target_c.t().contiguous()
+    x_epoch = torch.ones(n, x_all.shape[1] + 1, device=device)  # each epoch's rows in its order, a ones column appended
 
     def drop(rows_out: list[int]) -> None:
-        nonlocal active, temperature, alpha, weights, lr_list, wd_list, acc, target, target_c
-        flush()
+        nonlocal active, temperature, alpha, weights, target, target_c
         for r in rows_out:
             final[active[r]] = stack.state_dict(r)
         keep = [r for r in range(len(active)) if r not in rows_out]
@@ -450,73 +417,93 @@ def fit_population(
             stack.keep(idx)
             optimizer.keep(idx)
         temperature, alpha, weights = temperature[idx], alpha[idx], weights[idx.cpu()]
-        lr_list, wd_list = [lr_list[r] for r in keep], [wd_list[r] for r in keep]
         if target is not None:
-            target, target_c = target[:, idx], target_c[:, idx]
+            target, target_c = target[idx], target_c[idx]
         active = [active[r] for r in keep]
-        acc = torch.zeros(3, len(active), device=device)
 
-    with warnings.catch_warnings():
-        # the gradients are views of one [K, P] buffer (StackedMLP._bind), which torch's layout check flags
-        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-        for epoch in range(1, cfg.epochs + 1):
-            if not active:
-                break
-            t0 = time.perf_counter()
-            lr_all = torch.tensor([g["lr"] for g in shadow.param_groups], device=device)
-            lr_list = [float(lr_all[m]) for m in active]  # each member's lr this epoch (its schedule's)
-            wd_list = [float(members[m].weight_decay) for m in active]
-            sums.zero_()
-            order = torch.randperm(n, generator=gen).to(device)
-            for i in range(0, n, cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                x, y = x_all[idx], y_all[idx]
-                logits = stack(x)
-                p_b, c_b = targets(idx) if target is None else (target[idx].permute(1, 2, 0), target_c[idx].t())
-                loss, hard, soft = kd_loss_from_targets(logits, p_b, c_b, y, temperature=temperature, alpha=alpha)
-                stack.zero_grad()
-                loss.sum().backward()  # d(sum)/d(member k's rows) = member k's own gradient
-                optimizer.step(stack.flat, stack.flat_grad(), lr_list, wd_list)
-                acc += torch.stack([loss.detach(), hard, soft]) * len(idx)
-                bad = [r for r, v in enumerate(loss.detach().tolist()) if not math.isfinite(v)]
-                if bad:
-                    for r in bad:
-                        errors[active[r]] = NonFiniteLossError(
-                            f"training loss became {loss[r].item()} at epoch {epoch}, step {i // cfg.batch_size + 1}")
-                    drop(bad)
-                    if not active:
-                        break
-            if active:
-                flush()
-            if not active:
-                break
-            elapsed = time.perf_counter() - t0
-            shared_k = len(active)
-            if scheduler is not None:
-                shadow.step()  # a no-op (no gradients): keeps torch's order check of step() before scheduler.step() quiet
-                scheduler.step()
-            stopped: list[int] = []
-            for r, m_idx in enumerate(active):
-                member = members[m_idx]
-                metrics = {f"train_{name}": float(sums[j, m_idx]) / n for j, name in enumerate(("loss", "hard", "soft"))}
-                metrics["lr"] = float(lr_all[m_idx])
-                metrics["epoch_time_s"] = elapsed / shared_k
-                metrics.update(member.epoch_values)
-                if val is not None and len(val):
-                    member.model.load_state_dict(stack.state_dict(r))
-                    member.model.eval()
-                    vm = task.epoch_metrics(member.model, val.x, val.y, device=device)
-                    metrics.update({f"val_{name}": v for name, v in vm.items()})
-                histories[m_idx].epochs.append(metrics)
-                histories[m_idx].wall_time_s += elapsed / shared_k
-                try:
-                    for cb in member.callbacks:
-                        cb(epoch, metrics)
-                except Exception as e:  # noqa: BLE001 - a callback's exception stops its member only, as fit's stops its run
-                    errors[m_idx] = e
-                    stopped.append(r)
-            if stopped:
-                drop(stopped)
+    for epoch in range(1, cfg.epochs + 1):
+        if not active:
+            break
+        t0 = time.perf_counter()
+        lr_all = torch.tensor([g["lr"] for g in shadow.param_groups])
+        lr_list = [float(lr_all[m]) for m in active]  # each member's lr this epoch (its schedule's)
+        wd_list = [float(members[m].weight_decay) for m in active]
+        kk = len(active)
+        order = torch.randperm(n, generator=gen).to(device)  # fit's order for this seed
+        x_epoch[:, :-1] = x_all[order]
+        batches = _epoch_labels(y_all[order], bs, classes)
+        # gathered as [K*C, N] along its last dim: 3x faster than index_select(2) of [K, C, N] here
+        p_epoch = target.reshape(-1, n).index_select(1, order).view(target.shape) if target is not None else None
+        t_col = temperature.reshape(kk, 1, 1)
+        inv_t, a_col = 1 / t_col, alpha.reshape(kk, 1, 1)
+        soft_scale = {b: (1 - a_col) * t_col / b for b in {bs, n - (-(-n // bs) - 1) * bs}}  # per batch size
+        hard_scale = batches.hard_scale.unsqueeze(1) * alpha  # [batches, K]: alpha_k / labelled rows of the batch
+        # The loss values summed over the epoch elementwise, [2, K, C, B]: the sum of P log q, and of
+        # (batch size / labelled rows) onehot log s. In float32 for a few steps, then into float64 (the
+        # KL is a small difference of large sums; float64 every step cost 3 % of a step here).
+        acc, acc64 = torch.zeros(2, kk, classes, bs, device=device), torch.zeros(2, kk, classes, bs, dtype=torch.float64, device=device)
+        const_soft = target_c.sum(1, dtype=torch.float64) if target_c is not None else torch.zeros(kk, dtype=torch.float64, device=device)
+        for j, i in enumerate(range(0, n, bs)):
+            b = min(bs, n - i)
+            if p_epoch is not None:
+                p_b = p_epoch[:, :, i : i + b]
+            else:
+                p_b, c_b = targets(order[i : i + b])
+                const_soft += c_b.sum(1, dtype=torch.float64)
+            logits = stack.train_forward(x_epoch[i : i + b])
+            grad, log_q, log_s = kd_logit_grad(logits, p_b, batches.onehot[:, i : i + b], batches.labelled[i : i + b],
+                                               inv_temperature=inv_t, soft_scale=soft_scale[b],
+                                               hard_scale=hard_scale[j].reshape(kk, 1, 1))
+            stack.backward(grad)
+            optimizer.step(stack.blocks, stack.grads, lr_list, wd_list)
+            acc[0, :, :, :b].addcmul_(p_b, log_q)
+            acc[1, :, :, :b].addcmul_(batches.onehot_value[:, i : i + b], log_s)
+            if j % ACC_FLUSH_STEPS == ACC_FLUSH_STEPS - 1:
+                acc64 += acc
+                acc.zero_()
+        sums = (acc64 + acc).sum((2, 3))  # [2, K]
+        soft = ((const_soft - sums[0]) / n).cpu()  # each member's mean KL (batchmean, weighted by batch size)
+        hard = (-sums[1] / n).cpu()
+        t64, a64 = temperature.double().cpu(), alpha.double().cpu()
+        loss = a64 * hard + (1 - a64) * t64**2 * soft
+        elapsed = time.perf_counter() - t0
+        # Divergence is checked once an epoch (a per-step check would wait on the device every step); a
+        # member's NaN does not reach the others (no shared parameter, no coupling in the optimizer).
+        bad = [r for r, v in enumerate(loss.tolist()) if not math.isfinite(v)]
+        for r in bad:
+            errors[active[r]] = NonFiniteLossError(f"training loss became {loss[r].item()} in epoch {epoch}")
+        if bad:
+            keep_rows = [r for r in range(kk) if r not in bad]
+            loss, hard, soft = loss[keep_rows], hard[keep_rows], soft[keep_rows]
+            drop(bad)
+        if not active:
+            break
+        shared_k = len(active)
+        if scheduler is not None:
+            shadow.step()  # a no-op (no gradients): keeps torch's order check of step() before scheduler.step() quiet
+            scheduler.step()
+        stopped: list[int] = []
+        for r, m_idx in enumerate(active):
+            member = members[m_idx]
+            metrics = {"train_loss": float(loss[r]), "train_hard": float(hard[r]), "train_soft": float(soft[r])}
+            metrics["lr"] = float(lr_all[m_idx])
+            metrics["epoch_time_s"] = elapsed / shared_k
+            metrics.update(member.epoch_values)
+            if val is not None and len(val):
+                member.model.load_state_dict(stack.state_dict(r))
+                member.model.eval()
+                vm = task.epoch_metrics(member.model, val.x, val.y, device=device)
+                metrics.update({f"val_{name}": v for name, v in vm.items()})
+            histories[m_idx].epochs.append(metrics)
+            histories[m_idx].wall_time_s += elapsed / shared_k
+            try:
+                for cb in member.callbacks:
+                    cb(epoch, metrics)
+            except Exception as e:  # noqa: BLE001 - a callback's exception stops its member only, as fit's stops its run
+                errors[m_idx] = e
+                stopped.append(r)
+        if stopped:
+            drop(stopped)
     for r, m_idx in enumerate(active):
         final[m_idx] = stack.state_dict(r)
     results = []
@@ -525,6 +512,33 @@ def fit_population(
         member.model.eval()
         results.append(MemberResult(member.model, histories[m_idx], errors[m_idx]))
     return results
+
+
+@dataclass
+class _EpochLabels:
+    """An epoch's labels in its order, as the closed-form gradient wants them: ``onehot`` [C, N] (zero
+    columns for unlabeled rows), ``labelled`` [N] (1.0 / 0.0), ``hard_scale`` [batches]: 1 / labelled
+    rows of each batch (at least 1), and ``onehot_value`` [C, N]: onehot times batch size / labelled
+    rows of the row's batch, so that summing onehot_value * log s over an epoch gives minus the sum
+    over batches of (batch size x the batch's mean cross-entropy), as ``fit`` sums its hard term."""
+
+    onehot: torch.Tensor
+    labelled: torch.Tensor
+    hard_scale: torch.Tensor
+    onehot_value: torch.Tensor
+
+
+def _epoch_labels(y: torch.Tensor, batch_size: int, classes: int) -> _EpochLabels:
+    n = len(y)
+    labelled = (y >= 0).float()
+    onehot = F.one_hot(y.clamp(min=0), classes).t().float() * labelled
+    n_batches = -(-n // batch_size)
+    padded = F.pad(labelled, (0, n_batches * batch_size - n))
+    per_batch = padded.view(n_batches, batch_size).sum(1).clamp(min=1)  # no atomics: deterministic on any device
+    sizes = torch.full((n_batches,), float(batch_size), device=y.device)
+    sizes[-1] = n - (n_batches - 1) * batch_size
+    weight = (sizes / per_batch).repeat_interleave(batch_size)[:n]
+    return _EpochLabels(onehot, labelled, 1 / per_batch, onehot * weight)
 
 
 @torch.no_grad()
@@ -536,6 +550,6 @@ def stacked_logits(models: Sequence[nn.Module], x: torch.Tensor, *, batch_size: 
     reduction order (``baddbmm`` against ``addmm``; tests check the metrics to 1e-6).
     Raises ValueError when the models do not stack."""
     stack = StackedMLP(models)  # copies of the weights: the models themselves are untouched
-    where = stack.weights[0].device
+    where = stack.flat.device
     out = [stack(x[i : i + batch_size].to(where)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out, dim=1) if out else torch.empty(len(models), 0)

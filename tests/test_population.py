@@ -128,6 +128,64 @@ def test_stacked_loss_matches_hand_computed_values():
     assert hard.item() == 0.0 and loss.item() == pytest.approx((1 - alpha) * temperature**2 * kl, rel=1e-6)
 
 
+@pytest.mark.parametrize("labels", [[0, 2, -1, 1, -1], [-1, -1, 0, -1, -1], [-1] * 5],
+                         ids=["some-labelled", "one-labelled", "none-labelled"])
+def test_closed_form_logit_gradient_equals_autograd(labels):
+    # kd_logit_grad against autograd through kd_loss_from_targets (itself checked by hand above), two
+    # teachers, per-member T and alpha; the loss values from the returned log-probabilities too.
+    g = torch.Generator().manual_seed(2)
+    k, b, c = 3, 5, 4
+    temperature, alpha = torch.tensor([1.0, 4.0, 20.0]), torch.tensor([0.0, 0.3, 1.0])
+    y = torch.tensor(labels)
+    z = torch.randn(k, b, c, generator=g, requires_grad=True)
+    target, target_c = population.teacher_targets(torch.randn(2, b, c, generator=g), temperature,
+                                                  torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]), "probs")
+    loss, hard, soft = population.kd_loss_from_targets(z, target, target_c, y, temperature=temperature, alpha=alpha)
+    loss.sum().backward()
+    labelled = (y >= 0).float()
+    onehot = F.one_hot(y.clamp(min=0), c).t().float() * labelled
+    n_lab = max(float(labelled.sum()), 1.0)
+    col = lambda t: t.reshape(k, 1, 1)  # noqa: E731
+    grad, log_q, log_s = population.kd_logit_grad(
+        z.detach().transpose(1, 2).contiguous(), target, onehot, labelled, inv_temperature=col(1 / temperature),
+        soft_scale=col((1 - alpha) * temperature / b), hard_scale=col(alpha / n_lab))
+    torch.testing.assert_close(grad, z.grad.transpose(1, 2), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close((target_c.sum(1) - (target * log_q).sum((1, 2))) / b, soft, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(-(onehot * log_s).sum((1, 2)) / n_lab, hard, atol=1e-6, rtol=1e-5)
+
+
+def test_epoch_labels_scale_each_batch_by_its_own_labelled_rows():
+    # 7 samples in batches of 4 and 3: the hard term's scales are per batch, the values weighted by batch size.
+    y = torch.tensor([0, -1, -1, -1, 2, 1, -1])
+    lab = population._epoch_labels(y, 4, 3)
+    torch.testing.assert_close(lab.hard_scale, torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(lab.labelled, torch.tensor([1.0, 0, 0, 0, 1, 1, 0]))
+    assert lab.onehot.shape == (3, 7) and lab.onehot[:, 1:4].sum() == 0 and lab.onehot[0, 0] == 1 and lab.onehot[2, 4] == 1
+    torch.testing.assert_close(lab.onehot_value.sum(0), torch.tensor([4.0, 0, 0, 0, 1.5, 1.5, 0]))
+    none = population._epoch_labels(torch.full((3,), -1), 4, 3)  # no labelled row: scale 1 / 1, no hard term
+    assert none.hard_scale.tolist() == [1.0] and none.onehot.sum() == 0
+
+
+def test_stacked_backward_gives_each_members_own_gradients():
+    # The hand-written forward and backward against autograd on each lone model.
+    models = [build_model("mlp", input_shape=(2, 6), num_classes=4, widths=[7, 5]) for _ in range(3)]
+    x = torch.randn(6, 2, 6)
+    upstream = torch.randn(3, 4, 6)  # dL_k / dlogits, [K, C, B]
+    stack = StackedMLP(models)
+    xa = torch.cat([x.flatten(1), torch.ones(6, 1)], 1)
+    logits = stack.train_forward(xa)
+    stack.backward(upstream.clone())
+    for k, m in enumerate(models):
+        out = m(x)
+        torch.testing.assert_close(logits[k].t(), out, atol=1e-6, rtol=1e-5)
+        (out * upstream[k].t()).sum().backward()
+        for i, layer in enumerate(layer for layer in m.net if isinstance(layer, nn.Linear)):
+            torch.testing.assert_close(stack.grads[i][k][:, :-1], layer.weight.grad, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(stack.grads[i][k][:, -1], layer.bias.grad, atol=1e-6, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="backward before train_forward"):
+        stack.backward(upstream)  # its activations were used up
+
+
 def test_non_finite_member_fails_alone():
     train, val = toy_data()
     cached = [TASK.predict(t, train.x) for t in teachers(1)]
@@ -143,6 +201,9 @@ def test_what_stacks():
     assert "dropout" in stack_problem(build_model("mlp", input_shape=(12,), num_classes=3, dropout=0.2))
     bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
     assert "not a plain MLP" in stack_problem(bn)
+    odd = build_model("mlp", input_shape=(12,), num_classes=3, widths=[4])
+    odd.net.append(nn.ReLU())  # a ReLU on the logits: not the stacked form
+    assert "Linear + ReLU pairs" in stack_problem(odd)
     with pytest.raises(ValueError, match="architecture"):
         StackedMLP([build_model("mlp", input_shape=(12,), num_classes=3, widths=[4]),
                     build_model("mlp", input_shape=(12,), num_classes=3, widths=[5])])
@@ -156,28 +217,43 @@ def test_what_stacks():
 
 
 @pytest.mark.parametrize("kind,momentum,nesterov", [("adam", 0.0, False), ("adamw", 0.0, False), ("sgd", 0.9, True), ("sgd", 0.0, False)])
-def test_fused_and_elementwise_optimizers_agree_with_torch(kind, momentum, nesterov):
-    # Both forms of StackedOptimizer against torch.optim run member by member on the same gradients.
+@pytest.mark.parametrize("lrs,wds", [([0.1, 0.01, 0.003], [0.0, 0.01, 0.5]),   # one kernel call per member
+                                     ([0.01, 0.01, 0.003], [0.1, 0.1, 0.0]),    # two members share a call
+                                     ([0.01] * 3, [0.05] * 3)])                 # one call for all
+def test_fused_and_elementwise_optimizers_agree_with_torch(kind, momentum, nesterov, lrs, wds):
+    # Both forms of StackedOptimizer against torch.optim run member by member on the same gradients,
+    # over two parameter blocks of different shapes (member = first index of each).
     g = torch.Generator().manual_seed(1)
-    p0 = torch.randn(3, 7, generator=g)
-    grads = [torch.randn(3, 7, generator=g) for _ in range(4)]
-    lrs, wds = [0.1, 0.01, 0.003], [0.0, 0.01, 0.5]
-    expected = []
+    shapes = [(3, 7), (3, 2, 4)]
+    p0 = [torch.randn(*s, generator=g) for s in shapes]
+    grads = [[torch.randn(*s, generator=g) for s in shapes] for _ in range(4)]
+    expected = [[], []]
     for k in range(3):
-        param = nn.Parameter(p0[k].clone())
+        params = [nn.Parameter(p[k].clone()) for p in p0]
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[kind]
         extra = {"momentum": momentum, "nesterov": nesterov} if kind == "sgd" else {}
-        opt = cls([param], lr=lrs[k], weight_decay=wds[k], **extra)
-        for grad in grads:
-            param.grad = grad[k].clone()
+        opt = cls(params, lr=lrs[k], weight_decay=wds[k], **extra)
+        for step in grads:
+            for param, grad in zip(params, step):
+                param.grad = grad[k].clone()
             opt.step()
-        expected.append(param.detach())
+        for i, param in enumerate(params):
+            expected[i].append(param.detach())
     for fused in (True, False):
-        p = p0.clone()
+        p = [t.clone() for t in p0]
         opt = StackedOptimizer(kind, momentum=momentum, nesterov=nesterov, fused=fused)
-        for grad in grads:
-            opt.step(p, grad.clone(), lrs, wds)
-        torch.testing.assert_close(p, torch.stack(expected), atol=1e-6, rtol=1e-6, msg=f"fused={fused}")
+        for step in grads:
+            opt.step(p, [grad.clone() for grad in step], lrs, wds)
+        for i in range(2):
+            torch.testing.assert_close(p[i], torch.stack(expected[i]), atol=1e-6, rtol=1e-6, msg=f"fused={fused}, block {i}")
+
+
+def test_optimizer_rejects_mismatched_blocks():
+    opt = StackedOptimizer("adam")
+    with pytest.raises(ValueError, match="same shapes"):
+        opt.step([torch.zeros(2, 3)], [torch.zeros(2, 4)], [0.1, 0.1], [0.0, 0.0])
+    with pytest.raises(ValueError, match="one lr and one weight decay per member"):
+        opt.step([torch.zeros(2, 3)], [torch.zeros(2, 3)], [0.1], [0.0, 0.0])
 
 
 def test_teacher_targets_per_batch_equal_the_precomputed_ones(monkeypatch):
