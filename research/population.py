@@ -130,8 +130,9 @@ class StackedMLP:
             self.blocks.append(self.flat[offset : offset + size].view(k, out, inp + 1))
             self.grads.append(self.grad[offset : offset + size].view(k, out, inp + 1))
             offset += size
-        self._buffers: dict[int, list[torch.Tensor]] = {}
-        self._saved: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._weights_t = [a[:, :, :-1].transpose(1, 2) for a in self.blocks]  # [K, in, out] views, for the input gradients
+        self._buffers: dict[int, dict[str, list[torch.Tensor]]] = {}
+        self._saved: tuple[torch.Tensor, dict[str, list[torch.Tensor]]] | None = None
 
     @property
     def size(self) -> int:
@@ -162,26 +163,29 @@ class StackedMLP:
 
     __call__ = forward
 
-    def _hidden(self, b: int) -> list[torch.Tensor]:
-        """Each hidden layer's activation buffer [K, out + 1, b], last row ones; made once per batch size."""
+    def _workspace(self, b: int) -> dict[str, list[torch.Tensor]]:
+        """The buffers of a step at batch size ``b``, made once (fresh allocations every step made the
+        matmuls writing into them up to 3x slower here), with their views, since a step of these
+        small models is cheap enough that making the same views every step shows:
+        ``hidden`` [K, out + 1, b] per hidden layer, last row ones; ``out``: its rows the matmul
+        writes; ``hidden_t``: its transpose; ``relu_out``: the rows ReLU's backward reads; ``g_in``
+        [K, in, b]: the input gradients of the layers after the first."""
         if b not in self._buffers:
-            self._buffers[b] = [torch.ones(self.k, out + 1, b, device=self.flat.device) for out, _ in self.shapes[:-1]]
-            # and the backward's input gradients of the layers after the first, [K, in, b]: fresh
-            # allocations of these every step made their matmuls up to 3x slower here
-            self._buffers[-b] = [torch.empty(self.k, inp, b, device=self.flat.device) for _, inp in self.shapes[1:]]
+            hidden = [torch.ones(self.k, out + 1, b, device=self.flat.device) for out, _ in self.shapes[:-1]]
+            self._buffers[b] = {"hidden": hidden, "out": [h[:, :-1] for h in hidden], "hidden_t": [h.transpose(1, 2) for h in hidden],
+                                "g_in": [torch.empty(self.k, inp, b, device=self.flat.device) for _, inp in self.shapes[1:]]}
         return self._buffers[b]
 
     def train_forward(self, xa: torch.Tensor) -> torch.Tensor:
         """Training forward: ``xa`` [B, in + 1], the batch flattened with a column of ones appended,
         -> logits [K, C, B] (classes before samples). Keeps the activations for :meth:`backward`."""
-        hidden = self._hidden(xa.shape[0])
+        ws = self._workspace(xa.shape[0])
         h = xa.t().expand(self.k, -1, -1)  # [K, in + 1, B]: the members share the batch
-        for a, buf in zip(self.blocks, hidden):
-            out = buf[:, :-1]
+        for a, out, buf in zip(self.blocks, ws["out"], ws["hidden"]):
             torch.bmm(a, h, out=out)
             out.relu_()
             h = buf
-        self._saved = (xa, hidden)
+        self._saved = (xa, ws)
         return torch.bmm(self.blocks[-1], h)
 
     def backward(self, g: torch.Tensor) -> None:
@@ -190,13 +194,11 @@ class StackedMLP:
         another's rows, so each block row is that member's own gradient."""
         if self._saved is None:
             raise RuntimeError("backward before train_forward")
-        xa, hidden = self._saved
-        g_ins = self._buffers[-xa.shape[0]]
+        xa, ws = self._saved
         for i in range(len(self.blocks) - 1, 0, -1):
-            h = hidden[i - 1]
-            torch.bmm(g, h.transpose(1, 2), out=self.grads[i])  # weight and bias (the ones row) gradients
-            g_in = torch.bmm(self.blocks[i][:, :, :-1].transpose(1, 2), g, out=g_ins[i - 1])
-            g = _threshold_backward(g_in, h[:, :-1], 0.0, grad_input=g_in)  # ReLU's: autograd's own kernel
+            torch.bmm(g, ws["hidden_t"][i - 1], out=self.grads[i])  # weight and bias (the ones row) gradients
+            g_in = torch.bmm(self._weights_t[i], g, out=ws["g_in"][i - 1])
+            g = _threshold_backward(g_in, ws["out"][i - 1], 0.0, grad_input=g_in)  # ReLU's: autograd's own kernel
         torch.bmm(g, xa.expand(self.k, -1, -1), out=self.grads[0])
         self._saved = None
 
@@ -437,27 +439,32 @@ def fit_population(
         t_col = temperature.reshape(kk, 1, 1)
         inv_t, a_col = 1 / t_col, alpha.reshape(kk, 1, 1)
         soft_scale = {b: (1 - a_col) * t_col / b for b in {bs, n - (-(-n // bs) - 1) * bs}}  # per batch size
-        hard_scale = batches.hard_scale.unsqueeze(1) * alpha  # [batches, K]: alpha_k / labelled rows of the batch
+        hard_scale = (batches.hard_scale.unsqueeze(1) * alpha).reshape(-1, kk, 1, 1)  # [batches, K, 1, 1]: alpha_k / labelled rows
         # The loss values summed over the epoch elementwise, [2, K, C, B]: the sum of P log q, and of
         # (batch size / labelled rows) onehot log s. In float32 for a few steps, then into float64 (the
         # KL is a small difference of large sums; float64 every step cost 3 % of a step here).
         acc, acc64 = torch.zeros(2, kk, classes, bs, device=device), torch.zeros(2, kk, classes, bs, dtype=torch.float64, device=device)
         const_soft = target_c.sum(1, dtype=torch.float64) if target_c is not None else torch.zeros(kk, dtype=torch.float64, device=device)
-        for j, i in enumerate(range(0, n, bs)):
+        onehot, labelled, onehot_value = batches.onehot, batches.labelled, batches.onehot_value
+        acc_soft, acc_hard = acc[0], acc[1]
+        forward, backward, update, blocks, grads = stack.train_forward, stack.backward, optimizer.step, stack.blocks, stack.grads
+        for j, i in enumerate(range(0, n, bs)):  # locals only: at ~2 ms a step, attribute lookups show
             b = min(bs, n - i)
             if p_epoch is not None:
                 p_b = p_epoch[:, :, i : i + b]
             else:
                 p_b, c_b = targets(order[i : i + b])
                 const_soft += c_b.sum(1, dtype=torch.float64)
-            logits = stack.train_forward(x_epoch[i : i + b])
-            grad, log_q, log_s = kd_logit_grad(logits, p_b, batches.onehot[:, i : i + b], batches.labelled[i : i + b],
-                                               inv_temperature=inv_t, soft_scale=soft_scale[b],
-                                               hard_scale=hard_scale[j].reshape(kk, 1, 1))
-            stack.backward(grad)
-            optimizer.step(stack.blocks, stack.grads, lr_list, wd_list)
-            acc[0, :, :, :b].addcmul_(p_b, log_q)
-            acc[1, :, :, :b].addcmul_(batches.onehot_value[:, i : i + b], log_s)
+            grad, log_q, log_s = kd_logit_grad(forward(x_epoch[i : i + b]), p_b, onehot[:, i : i + b], labelled[i : i + b],
+                                               inv_temperature=inv_t, soft_scale=soft_scale[b], hard_scale=hard_scale[j])
+            backward(grad)
+            update(blocks, grads, lr_list, wd_list)
+            if b == bs:
+                acc_soft.addcmul_(p_b, log_q)
+                acc_hard.addcmul_(onehot_value[:, i : i + b], log_s)
+            else:
+                acc_soft[..., :b].addcmul_(p_b, log_q)
+                acc_hard[..., :b].addcmul_(onehot_value[:, i : i + b], log_s)
             if j % ACC_FLUSH_STEPS == ACC_FLUSH_STEPS - 1:
                 acc64 += acc
                 acc.zero_()

@@ -41,6 +41,7 @@ class StackedOptimizer:
         self.steps = 0
         self._lists: dict[tuple[int, ...], tuple[list[torch.Tensor], ...]] = {}
         self._lists_for: tuple[torch.Tensor, ...] = ()
+        self._step_t: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], lr: Sequence[float],
@@ -105,7 +106,11 @@ class StackedOptimizer:
         for k, key in enumerate(zip(map(float, lr), map(float, weight_decay))):
             groups.setdefault(key, []).append(k)
         # the step count already advanced, on the parameters' device: as torch.optim hands it to the kernels
-        step = torch.tensor(float(self.steps), device=params[0].device)
+        # (one tensor refilled in place: making a new one every step cost more than a fifth of the update)
+        step = self._step_t
+        if step is None or step.device != params[0].device:
+            step = self._step_t = torch.zeros((), device=params[0].device)
+        step.fill_(float(self.steps))
         b1, b2 = self.betas
         for (lr_g, wd_g), members in groups.items():
             p, g, *state = self._member_lists(params, grads, members)
