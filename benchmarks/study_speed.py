@@ -300,7 +300,9 @@ def main() -> None:
         base.setdefault(label, (per_hour, best))  # the first row of each label: loop, and the study with 1 worker
         loop_h, loop_best = base["hand-written loop"]
         study_h = base.get("study, one at a time", (per_hour, best))[0]
-        mlflow_share = sum(t.user_attrs.get("tracking_time_s") or 0.0 for t in complete) / max(1e-9, sum(t.duration.total_seconds() for t in complete))
+        # each worker logs its trials one after the other (a population's members too, after their
+        # round), so the share of the workers' time: summed logging time over trial phase x workers
+        mlflow_share = sum(t.user_attrs.get("tracking_time_s") or 0.0 for t in done) / max(1e-9, phase * w)
         epochs_run = sum(1.0 if t.state.name == "COMPLETE" else len(t.intermediate_values) / a.epochs for t in done)
         cores = 1 if w == 1 else w * max(1, (os.cpu_count() or 1) // w)  # torch threads in use, as research.sweep.study.launch sets them
         achieved = flops * epochs_run / (phase * cores) / 1e9
@@ -325,8 +327,9 @@ def main() -> None:
         *rows, "",
         "Trial phase: first trial's start to last trial's end (Optuna timestamps): start-up, data and the teacher are left out. "
         "The hand-written loop (in this file) runs the teacher's forward on every batch and logs to MLflow synchronously; "
-        "its MLflow share is its own timed MLflow calls over its trials' durations, the study's is the trials' "
-        "`tracking_time_s` over their durations (complete trials). Ratios are against the loop's and the 1-worker "
+        "MLflow share: the trials' time in MLflow calls (the loop's own timed calls; the study's `tracking_time_s`, "
+        "run creation included) over trial phase x workers, since a worker logs its trials one after the other, a "
+        "population's members too, after their round. Ratios are against the loop's and the 1-worker "
         "one-at-a-time study's trials per hour of this same run.", "",
         "## The compute ceiling", "",
         f"- FLOPs of one trial: {flops / 1e9:.2f} GFLOP = {steps} steps x {flops / steps / 1e6:.2f} MFLOP, one training step of the "

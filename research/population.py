@@ -2,10 +2,11 @@
 
 K members share the data order, the teachers and the train config's shape (epochs, batch size,
 optimizer kind, schedule); each has its own temperature T_k, alpha_k, teacher weights w_k, learning
-rate lr_k and weight decay wd_k, held as [K] tensors. Member k's weights of layer l are row k of a
-stacked tensor W_l [K, out, in] (bias b_l [K, out]); one step computes all K forwards with
-``torch.baddbmm`` and back-propagates the SUM of the members' losses, whose gradient with respect to
-member k's rows is exactly member k's own gradient (no parameter is shared).
+rate lr_k and weight decay wd_k. Member k's linear layer l is row k of a block [K, out, in + 1]
+(weight, then bias as the last column; :class:`StackedMLP`); one step computes all K forwards as
+batched matmuls, the gradient of each member's loss with respect to its logits in closed form
+(:func:`kd_logit_grad`) and the backward by hand, each member's rows getting exactly its own
+gradient (no parameter is shared).
 
 Loss of member k (the workbench's convention, research.distill.loss):
 
@@ -15,17 +16,23 @@ CE averaged over the labelled rows, KL summed over classes and averaged over the
 written out as sum p (log p - log q) rather than ``F.kl_div`` (GUIDE.md section 6: the stacked
 form must not depend on a per-sample kernel). The teacher target p_teacher,k is the lone path's
 (``combine`` probs / logits / kl_sum with member k's weights on the simplex).
+:func:`kd_loss_from_targets` computes these values with autograd; the training loop uses its
+closed-form gradient, tested against it.
 
-The optimizer (:class:`StackedOptimizer`) is K independent optimizers: torch's fused Adam, AdamW or
-SGD kernel run on each member's row of one flat [K, P] parameter tensor (or, where this torch has
-no such kernel, the same rules written elementwise with lr and weight decay broadcast per member);
-nothing couples members (no global clipping). The schedule is torch's own scheduler run on a shadow
-optimizer with one parameter group per member, so member k's lr each epoch is the lone run's.
+The optimizer (:class:`research.stacked_optim.StackedOptimizer`) is K independent optimizers:
+torch's fused Adam, AdamW or SGD kernel, one call per group of members sharing (lr, weight decay)
+(or, where this torch has no such kernel, the same rules written elementwise with lr and weight
+decay broadcast per member); nothing couples members (no global clipping). The schedule is torch's
+own scheduler run on a shadow optimizer with one parameter group per member, so member k's lr each
+epoch is the lone run's.
 
 Speed (issue 11): on a CPU these models are small enough that a step is as much per-operation
-overhead as arithmetic, so the hot loop keeps operations few and layouts friendly: the teachers'
+overhead as arithmetic, so the hot loop keeps operations few, buffers preallocated and layouts
+friendly: no autograd (a step is 3 forward and 5 backward matmuls, the bias folded into them by a
+row of ones under the activations; ReLU's backward is autograd's own kernel), the teachers'
 softened targets are computed once per run (each member's T and teacher weights are fixed), the
-loss keeps classes before samples, and the optimizer is one fused call per member.
+loss keeps classes before samples, and the loss values are summed on the device and read once an
+epoch (so nothing waits on the device inside an epoch).
 
 Initialisation is the caller's: it hands K built models (each as the lone run builds it, after
 ``seed_everything(seed)``), whose weights are copied into the stack. Every member then equals the
@@ -34,10 +41,10 @@ matmul sums in another order than ``addmm``; tests/test_population.py checks log
 2 epochs).
 
 A member stops early when one of its epoch callbacks raises (a pruner's exception, say) or its
-loss becomes non-finite (:class:`research.train.NonFiniteLossError`); its rows leave the stack (the
-others' compute shrinks) and its result keeps the error and the epochs it ran. No MLflow, no Optuna.
+loss is non-finite at the end of an epoch (:class:`research.train.NonFiniteLossError`; a lone run
+stops at the step); its rows leave the stack (the others' compute shrinks) and its result keeps
+the error and the epochs it ran. No MLflow, no Optuna.
 """
-
 from __future__ import annotations
 
 import math

@@ -350,6 +350,7 @@ class Tracker:
 
     @_store_errors
     def start(self, experiment: str, run_name: str, *, tags: dict[str, Any] | None = None, parent_run_id: str | None = None) -> RunHandle:
+        t0 = time.perf_counter()
         exp_id = self.experiment_id(experiment)
         # The process that owns the run: a run left RUNNING by a dead one can be told from a live one's.
         me = process_identity()
@@ -357,7 +358,7 @@ class Tracker:
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in all_tags.items() if v is not None})
-        return RunHandle(self.client, run.info.run_id, exp_id)
+        return RunHandle(self.client, run.info.run_id, exp_id, seconds=time.perf_counter() - t0)  # its creation counts as logging
 
     @_store_errors
     def end(self, handle: RunHandle, status: str = "FINISHED") -> None:

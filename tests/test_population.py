@@ -81,6 +81,22 @@ def test_each_member_equals_its_lone_run(optimizer, combine):
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_each_member_equals_its_lone_run_on_cuda():
+    # The device path: buffers, fused kernels and the step count on the GPU; results come back on the CPU.
+    train, val = toy_data()
+    tmodels = teachers(2)
+    cached = [TASK.predict(t, train.x) for t in tmodels]
+    base = TrainConfig(epochs=2, batch_size=32, optimizer="adamw", schedule="cosine", threads=1, device="cuda")
+    members = [Member(student(), temperature=t, alpha=a, lr=lr, weight_decay=wd, teacher_weights=w) for t, a, lr, wd, w in KNOBS]
+    results = fit_population(members, train, base, seed=SEED, teacher_logits=cached, task=TASK, val=val)
+    for (t, a, lr, wd, w), res in zip(KNOBS, results):
+        assert res.error is None and not next(res.model.parameters()).is_cuda
+        model, _ = lone(train, val, base.model_copy(update={"lr": lr, "weight_decay": wd}), tmodels, cached,
+                        temperature=t, alpha=a, teacher_weights=w)
+        torch.testing.assert_close(res.model(val.x), model(val.x.cuda()).cpu(), atol=1e-4, rtol=1e-4)
+
+
 def test_one_teacher_and_a_member_stopped_by_its_callback():
     train, val = toy_data()
     tmodels = teachers(1)
