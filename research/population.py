@@ -118,7 +118,6 @@ class StackedMLP:
         shapes = {tuple((n, tuple(p.shape)) for n, p in m.named_parameters()) for m in models}
         if len(shapes) > 1:
             raise ValueError("the models to stack differ in architecture")
-        self.template = models[0]
         self.linear_names = [f"net.{i}" for i, layer in enumerate(models[0].net) if isinstance(layer, nn.Linear)]
         states = [m.state_dict() for m in models]
         self.shapes = [tuple(states[0][f"{n}.weight"].shape) for n in self.linear_names]  # (out, in) per layer

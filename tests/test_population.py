@@ -1,6 +1,7 @@
 """A stacked population of MLP students: each member equals the same student trained alone by ``fit``."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -76,6 +77,7 @@ def test_each_member_equals_its_lone_run(optimizer, combine):
         for (name, p), q in zip(model.state_dict().items(), res.model.state_dict().values()):
             torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-5, msg=name)
         assert len(res.history.epochs) == len(history.epochs) == 2
+        assert res.history.wall_time_s == pytest.approx(sum(e["epoch_time_s"] for e in res.history.epochs))
         for mine, theirs in zip(res.history.epochs, history.epochs):
             for key in ("train_loss", "train_hard", "train_soft", "lr", "val_accuracy", "val_nll"):
                 assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
@@ -124,6 +126,58 @@ def test_one_teacher_and_a_member_stopped_by_its_callback():
     torch.testing.assert_close(results[1].model(val.x), model(val.x), atol=1e-5, rtol=1e-5)
 
 
+def test_all_members_stopped_without_validation_and_the_time_shares():
+    # Callbacks get the epoch's metrics; with every member stopped after epoch 1 of 3 the results still
+    # come back; without a validation split no val_ metric is logged; each member's epoch_time_s is
+    # its share of the stack's epoch, so the shares add up to at most the call's wall time.
+    train, _ = toy_data()
+    cached = [TASK.predict(t, train.x) for t in teachers(1)]
+    cfg = TrainConfig(epochs=3, batch_size=50, optimizer="adam", lr=0.01, schedule="none", threads=1, device="cpu")
+    seen = []
+
+    def stop(epoch, metrics):
+        seen.append(dict(metrics))
+        raise RuntimeError("stop")
+
+    members = [Member(student(), temperature=4.0, alpha=0.1, lr=0.01, callbacks=[stop]) for _ in range(2)]
+    t0 = time.perf_counter()
+    results = fit_population(members, train, cfg, seed=SEED, teacher_logits=cached, task=TASK)
+    wall = time.perf_counter() - t0
+    assert [str(r.error) for r in results] == ["stop", "stop"] and all(len(r.history.epochs) == 1 for r in results)
+    assert len(seen) == 2 and all("train_loss" in m and not any(k.startswith("val_") for k in m) for m in seen)
+    shares = [r.history.epochs[0]["epoch_time_s"] for r in results]
+    assert all(sh > 0 for sh in shares) and sum(shares) <= wall
+    assert [r.history.wall_time_s for r in results] == pytest.approx(shares)
+
+
+def test_loss_values_flushed_to_float64_equal_the_lone_run(monkeypatch):
+    # 8 steps an epoch, the float32 sums moved into float64 every 3 steps: the epoch's loss values
+    # still equal the lone run's (a lost or doubled flush would not).
+    monkeypatch.setattr(population, "ACC_FLUSH_STEPS", 3)
+    train, val = toy_data()
+    tmodels = teachers(1)
+    cached = [TASK.predict(t, train.x) for t in tmodels]
+    cfg = TrainConfig(epochs=1, batch_size=32, optimizer="adam", lr=0.01, schedule="none", threads=1, device="cpu")
+    [res] = fit_population([Member(student(), temperature=3.0, alpha=0.4, lr=0.01)], train, cfg, seed=SEED,
+                           teacher_logits=cached, task=TASK, val=val)
+    _, history = lone(train, val, cfg, tmodels, cached, temperature=3.0, alpha=0.4)
+    for key in ("train_loss", "train_hard", "train_soft"):
+        assert res.history.epochs[0][key] == pytest.approx(history.epochs[0][key], rel=1e-5), key
+
+
+def test_population_input_errors():
+    train, val = toy_data()
+    cached = [TASK.predict(t, train.x) for t in teachers(1)]
+    cfg = TrainConfig(epochs=1, batch_size=32, threads=1, device="cpu")
+    with pytest.raises(ValueError, match="at least one member"):
+        fit_population([], train, cfg, seed=SEED, teacher_logits=cached, task=TASK)
+    with pytest.raises(ValueError, match="at least one teacher"):
+        fit_population([Member(student(), temperature=2.0, alpha=0.5, lr=0.01)], train, cfg, seed=SEED, teacher_logits=[], task=TASK)
+    with pytest.raises(ValueError, match="teachers' logits have 3 classes, the students 4"):
+        fit_population([Member(student(), temperature=2.0, alpha=0.5, lr=0.01)], train, cfg, seed=SEED,
+                       teacher_logits=[cached[0][:, :3]], task=TASK)
+
+
 def test_stacked_loss_matches_hand_computed_values():
     # One member, one row, two classes, labelled: values worked out by hand below.
     s = torch.tensor([[[2.0, 0.0]]])  # student logits [K=1, B=1, C=2]
@@ -139,9 +193,28 @@ def test_stacked_loss_matches_hand_computed_values():
     assert soft.item() == pytest.approx(kl, rel=1e-6)
     assert hard.item() == pytest.approx(ce, rel=1e-6)
     assert loss.item() == pytest.approx(alpha * ce + (1 - alpha) * temperature**2 * kl, rel=1e-6)
-    # Unlabeled rows: no hard term.
-    loss, hard, _ = stacked_kd_loss(s, t, torch.tensor([-1]), temperature=torch.tensor([temperature]), alpha=torch.tensor([alpha]))
-    assert hard.item() == 0.0 and loss.item() == pytest.approx((1 - alpha) * temperature**2 * kl, rel=1e-6)
+    # Unlabeled rows, or no labels at all: no hard term.
+    for labels in (torch.tensor([-1]), None):
+        loss, hard, _ = stacked_kd_loss(s, t, labels, temperature=torch.tensor([temperature]), alpha=torch.tensor([alpha]))
+        assert hard.item() == 0.0 and loss.item() == pytest.approx((1 - alpha) * temperature**2 * kl, rel=1e-6)
+    # Two teachers, kl_sum: the soft term is the weighted sum of each teacher's KL (the second teacher's by hand).
+    t2 = torch.tensor([[[1.0, 0.0]]])
+    p2 = 1 / (1 + math.exp(-0.5))  # softmax([1, 0] / 2)[0]
+    kl2 = p2 * math.log(p2 / q1) + (1 - p2) * math.log((1 - p2) / (1 - q1))
+    _, _, soft = stacked_kd_loss(s, torch.cat([t, t2]), None, temperature=torch.tensor([temperature]), alpha=torch.tensor([alpha]),
+                                 teacher_weights=torch.tensor([[0.25, 0.75]]), combine="kl_sum")
+    assert soft.item() == pytest.approx(0.25 * kl + 0.75 * kl2, rel=1e-6)
+    # combine="logits": one softened distribution of the weighted logits, 0.25 [0, 2] + 0.75 [1, 0] = [0.75, 0.5].
+    p3 = 1 / (1 + math.exp(-(0.75 - 0.5) / temperature))
+    kl3 = p3 * math.log(p3 / q1) + (1 - p3) * math.log((1 - p3) / (1 - q1))
+    _, _, soft = stacked_kd_loss(s, torch.cat([t, t2]), None, temperature=torch.tensor([temperature]), alpha=torch.tensor([alpha]),
+                                 teacher_weights=torch.tensor([[0.25, 0.75]]), combine="logits")
+    assert soft.item() == pytest.approx(kl3, rel=1e-6)
+    # No weights given: uniform over the teachers.
+    both = torch.cat([t, t2])
+    uniform = population.teacher_targets(both, torch.tensor([temperature]), None, "probs")
+    explicit = population.teacher_targets(both, torch.tensor([temperature]), torch.tensor([[0.5, 0.5]]), "probs")
+    torch.testing.assert_close(uniform, explicit)
 
 
 @pytest.mark.parametrize("labels", [[0, 2, -1, 1, -1], [-1, -1, 0, -1, -1], [-1] * 5],
@@ -173,10 +246,10 @@ def test_closed_form_logit_gradient_equals_autograd(labels):
 def test_epoch_labels_scale_each_batch_by_its_own_labelled_rows():
     # 7 samples in batches of 4 and 3: the hard term's scales are per batch, the values weighted by batch size.
     y = torch.tensor([0, -1, -1, -1, 2, 1, -1])
-    lab = population._epoch_labels(y, 4, 3)
+    lab = population._epoch_labels(y, 4, 4)  # 4 classes, the last absent from the labels
     torch.testing.assert_close(lab.hard_scale, torch.tensor([1.0, 0.5]))
     torch.testing.assert_close(lab.labelled, torch.tensor([1.0, 0, 0, 0, 1, 1, 0]))
-    assert lab.onehot.shape == (3, 7) and lab.onehot[:, 1:4].sum() == 0 and lab.onehot[0, 0] == 1 and lab.onehot[2, 4] == 1
+    assert lab.onehot.shape == (4, 7) and lab.onehot[:, 1:4].sum() == 0 and lab.onehot[0, 0] == 1 and lab.onehot[2, 4] == 1
     torch.testing.assert_close(lab.onehot_value.sum(0), torch.tensor([4.0, 0, 0, 0, 1.5, 1.5, 0]))
     none = population._epoch_labels(torch.full((3,), -1), 4, 3)  # no labelled row: scale 1 / 1, no hard term
     assert none.hard_scale.tolist() == [1.0] and none.onehot.sum() == 0
@@ -209,7 +282,17 @@ def test_non_finite_member_fails_alone():
     members = [Member(student(), temperature=4.0, alpha=0.5, lr=0.01), Member(student(), temperature=4.0, alpha=0.5, lr=1e30)]
     results = fit_population(members, train, cfg, seed=SEED, teacher_logits=cached, task=TASK, val=val)
     assert results[0].error is None and len(results[0].history.epochs) == 2
-    assert type(results[1].error).__name__ == "NonFiniteLossError"
+    assert type(results[1].error).__name__ == "NonFiniteLossError" and "in epoch 1" in str(results[1].error)
+    assert results[1].history.epochs == []  # no metrics for the epoch it diverged in, as the lone run
+    # The one left keeps its own loss values, not the diverged member's: those of its lone run.
+    _, history = lone(train, val, cfg, teachers(1), cached, temperature=4.0, alpha=0.5)
+    for mine, theirs in zip(results[0].history.epochs, history.epochs):
+        for key in ("train_loss", "train_hard", "train_soft", "val_accuracy"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
+    # Every member diverging: each result says so (the loop ends without losing any).
+    members = [Member(student(), temperature=4.0, alpha=0.5, lr=1e30) for _ in range(2)]
+    results = fit_population(members, train, cfg, seed=SEED, teacher_logits=cached, task=TASK, val=val)
+    assert [type(r.error).__name__ for r in results] == ["NonFiniteLossError"] * 2
 
 
 def test_what_stacks():
@@ -220,6 +303,13 @@ def test_what_stacks():
     odd = build_model("mlp", input_shape=(12,), num_classes=3, widths=[4])
     odd.net.append(nn.ReLU())  # a ReLU on the logits: not the stacked form
     assert "Linear + ReLU pairs" in stack_problem(odd)
+    for layers in ([nn.Linear(12, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 3)],   # two ReLUs in a row
+                   [nn.Linear(12, 4), nn.Linear(4, 3), nn.ReLU()]):             # pairs out of order, a ReLU last
+        odd = build_model("mlp", input_shape=(12,), num_classes=3, widths=[4])
+        odd.net = nn.Sequential(nn.Flatten(1), *layers)
+        assert "Linear + ReLU pairs" in stack_problem(odd), odd.net
+    with pytest.raises(ValueError, match="cannot stack this model: it has dropout"):
+        StackedMLP([build_model("mlp", input_shape=(12,), num_classes=3, dropout=0.2)])
     with pytest.raises(ValueError, match="architecture"):
         StackedMLP([build_model("mlp", input_shape=(12,), num_classes=3, widths=[4]),
                     build_model("mlp", input_shape=(12,), num_classes=3, widths=[5])])
@@ -232,7 +322,8 @@ def test_what_stacks():
     assert F.softmax(out, -1).shape == (3, 5, 3)
 
 
-@pytest.mark.parametrize("kind,momentum,nesterov", [("adam", 0.0, False), ("adamw", 0.0, False), ("sgd", 0.9, True), ("sgd", 0.0, False)])
+@pytest.mark.parametrize("kind,momentum,nesterov", [("adam", 0.0, False), ("adamw", 0.0, False), ("sgd", 0.9, True),
+                                                     ("sgd", 0.9, False), ("sgd", 0.0, False)])
 @pytest.mark.parametrize("lrs,wds", [([0.1, 0.01, 0.003], [0.0, 0.01, 0.5]),   # one kernel call per member
                                      ([0.01, 0.01, 0.003], [0.1, 0.1, 0.0]),    # two members share a call
                                      ([0.01] * 3, [0.05] * 3)])                 # one call for all
@@ -258,6 +349,7 @@ def test_fused_and_elementwise_optimizers_agree_with_torch(kind, momentum, neste
     for fused in (True, False):
         p = [t.clone() for t in p0]
         opt = StackedOptimizer(kind, momentum=momentum, nesterov=nesterov, fused=fused)
+        assert (opt.kernel is getattr(torch, f"_fused_{kind}_")) if fused else opt.kernel is None
         for step in grads:
             opt.step(p, [grad.clone() for grad in step], lrs, wds)
         for i in range(2):
