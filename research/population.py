@@ -444,7 +444,7 @@ def fit_population(
         p_epoch = target.reshape(-1, n).index_select(1, order).view(target.shape) if target is not None else None
         t_col = temperature.reshape(kk, 1, 1)
         inv_t, a_col = 1 / t_col, alpha.reshape(kk, 1, 1)
-        soft_scale = {b: (1 - a_col) * t_col / b for b in {bs, n - (-(-n // bs) - 1) * bs}}  # per batch size
+        soft_scale = {b: (1 - a_col) * t_col / b for b in {bs, n % bs or bs}}  # per batch size: the full one and the last
         hard_scale = (batches.hard_scale.unsqueeze(1) * alpha).reshape(-1, kk, 1, 1)  # [batches, K, 1, 1]: alpha_k / labelled rows
         # The loss values summed over the epoch elementwise, [2, K, C, B]: the sum of P log q, and of
         # (batch size / labelled rows) onehot log s. In float32 for a few steps, then into float64 (the
